@@ -1,0 +1,288 @@
+"""Configuration: ``config.toml`` read once at start-up into frozen, typed dataclasses.
+
+Nothing reads configuration from a global: the loaded :class:`Config` is passed explicitly.
+A mistake in the file is reported as one :class:`ConfigError` that names the key and the fix,
+so the CLI can print one line and exit 2 instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import ConfigError
+
+DEFAULT_CONFIG_ENV = "CAREBRIDGE_CONFIG"
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    url: str = "sqlite+aiosqlite:///var/carebridge.db"
+    # Echo SQL statements; never enable in production (values are encrypted, but still).
+    echo: bool = False
+    pool_size: int = 5
+
+
+@dataclass(frozen=True)
+class KeysConfig:
+    file: str = "var/keys.json"
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    enabled: bool = True
+    listen: str = "127.0.0.1:2525"
+    hostname: str = "mx.carebridge.localhost"
+    max_message_bytes: int = 10 * 1024 * 1024
+    tls_cert: str = ""
+    tls_key: str = ""
+    require_starttls: bool = False
+    max_connections_per_ip: int = 20
+    max_recipients: int = 50
+    # Seconds a session may stay idle before it is closed.
+    timeout: int = 300
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    enabled: bool = True
+    listen: str = "127.0.0.1:8025"
+    base_url: str = "http://127.0.0.1:8025"
+    # Cookies are marked Secure unless the base URL is plain http (local development).
+    session_idle_minutes: int = 30
+    session_absolute_hours: int = 12
+    secret_file: str = ""
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    enabled: bool = True
+    relay: str = ""
+    maildir: str = ""
+    workers: int = 4
+    per_domain_concurrency: int = 4
+    max_age_hours: int = 72
+    base_backoff_seconds: int = 60
+    max_backoff_seconds: int = 3600
+    coalesce_seconds: int = 120
+    timeout_seconds: int = 60
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    nameservers: tuple[str, ...] = ()
+    timeout_seconds: float = 5.0
+
+
+@dataclass(frozen=True)
+class TokensConfig:
+    """Lifetime of each token purpose, in hours."""
+
+    registration_hours: int = 72
+    view_thread_hours: int = 24 * 14
+    password_reset_hours: int = 1
+    unsubscribe_hours: int = 24 * 365
+    reply_address_hours: int = 24 * 30
+    bounce_address_hours: int = 24 * 14
+
+
+@dataclass(frozen=True)
+class InboundConfig:
+    # Authentication-Results headers are trusted only when stamped by this authserv-id.
+    trusted_authserv_id: str = ""
+    max_header_bytes: int = 64 * 1024
+    parse_timeout_seconds: float = 5.0
+    max_automated_per_day: int = 10
+
+
+@dataclass(frozen=True)
+class ImapConfig:
+    host: str
+    user: str
+    password_file: str
+    port: int = 993
+    tls: bool = True
+    folder: str = "INBOX"
+    processed_folder: str = "Processed"
+    poll_seconds: int = 60
+    idle: bool = True
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    enabled: bool = True
+    tick_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "INFO"
+    format: str = "text"
+
+
+@dataclass(frozen=True)
+class Config:
+    store: StoreConfig = field(default_factory=StoreConfig)
+    keys: KeysConfig = field(default_factory=KeysConfig)
+    smtp: SmtpConfig = field(default_factory=SmtpConfig)
+    web: WebConfig = field(default_factory=WebConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    dns: DnsConfig = field(default_factory=DnsConfig)
+    tokens: TokensConfig = field(default_factory=TokensConfig)
+    inbound: InboundConfig = field(default_factory=InboundConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    imap: dict[str, ImapConfig] = field(default_factory=dict)
+    # Directory that relative paths in the file are resolved against.
+    base_dir: str = "."
+
+    def path(self, value: str) -> Path:
+        """Resolve a path from the config relative to the config file's directory."""
+        p = Path(value)
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+    @property
+    def store_url(self) -> str:
+        """The store URL with a relative SQLite path resolved against ``base_dir``."""
+        prefix = "sqlite+aiosqlite:///"
+        url = self.store.url
+        if url.startswith(prefix) and not url.startswith(prefix + "/"):
+            rest = url[len(prefix) :]
+            if rest and rest != ":memory:":
+                return prefix + str(self.path(rest).resolve())
+        return url
+
+
+_SECTIONS: dict[str, type] = {
+    "store": StoreConfig,
+    "keys": KeysConfig,
+    "smtp": SmtpConfig,
+    "web": WebConfig,
+    "delivery": DeliveryConfig,
+    "dns": DnsConfig,
+    "tokens": TokensConfig,
+    "inbound": InboundConfig,
+    "scheduler": SchedulerConfig,
+    "log": LogConfig,
+}
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        return "a list of strings"
+    return {str: "a string", int: "an integer", bool: "true or false", float: "a number"}.get(
+        tp, str(tp)
+    )
+
+
+def _coerce(key: str, tp: Any, value: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(key, f"must be {_type_name(tp)}, e.g. {key.split('.')[-1]} = []")
+        return tuple(value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, bool):
+        raise ConfigError(key, f"must be {_type_name(tp)}, not true/false")
+    if not isinstance(value, tp):
+        raise ConfigError(key, f"must be {_type_name(tp)}, got {type(value).__name__}")
+    return value
+
+
+def _build(cls: type, section: str, raw: Any) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(section, "must be a table, e.g. [" + section + "]")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        key = f"{section}.{name}"
+        if name not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(key, f"is not a known setting; remove it (known: {known})")
+        values[name] = _coerce(key, hints[name], value)
+    for name, f in fields.items():
+        no_default = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if no_default and name not in values:
+            raise ConfigError(f"{section}.{name}", "is required; add it to the file")
+    return cls(**values)
+
+
+def _check_host_port(key: str, value: str) -> None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(key, f'must be "host:port", e.g. "127.0.0.1:2525", got {value!r}')
+
+
+def _validate(cfg: Config) -> None:
+    if not (cfg.store.url.startswith("sqlite") or cfg.store.url.startswith("postgresql")):
+        raise ConfigError(
+            "store.url",
+            "must start with sqlite+aiosqlite:/// or postgresql+asyncpg://",
+        )
+    _check_host_port("smtp.listen", cfg.smtp.listen)
+    _check_host_port("web.listen", cfg.web.listen)
+    if cfg.delivery.relay:
+        _check_host_port("delivery.relay", cfg.delivery.relay)
+    if not cfg.web.base_url.startswith(("http://", "https://")):
+        raise ConfigError("web.base_url", "must start with http:// or https://")
+    if cfg.log.format not in ("text", "json"):
+        raise ConfigError("log.format", 'must be "text" or "json"')
+    if bool(cfg.smtp.tls_cert) != bool(cfg.smtp.tls_key):
+        raise ConfigError("smtp.tls_cert", "and smtp.tls_key must be set together")
+    for ns in cfg.dns.nameservers:
+        _host, _, port = ns.partition(":") if ns.count(":") == 1 else (ns, "", "")
+        if port and not port.isdigit():
+            raise ConfigError("dns.nameservers", f'entries are "ip" or "ip:port", got {ns!r}')
+
+
+def parse_config(raw: dict[str, Any], base_dir: str = ".") -> Config:
+    """Turn a parsed TOML document into a :class:`Config`, or raise :class:`ConfigError`."""
+    kwargs: dict[str, Any] = {"base_dir": base_dir}
+    for name, value in raw.items():
+        if name == "imap":
+            if not isinstance(value, dict):
+                raise ConfigError("imap", "must hold tables such as [imap.clinic1]")
+            kwargs["imap"] = {k: _build(ImapConfig, f"imap.{k}", v) for k, v in value.items()}
+        elif name in _SECTIONS:
+            kwargs[name] = _build(_SECTIONS[name], name, value)
+        else:
+            known = ", ".join(sorted([*_SECTIONS, "imap"]))
+            raise ConfigError(name, f"is not a known section; remove it (known: {known})")
+    cfg = Config(**kwargs)
+    _validate(cfg)
+    return cfg
+
+
+def find_config_path(explicit: str | None) -> Path:
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get(DEFAULT_CONFIG_ENV)
+    if env:
+        return Path(env)
+    return Path("config.toml")
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Read and validate the configuration file."""
+    p = find_config_path(str(path) if path else None)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(
+            "--config", f"file {str(p)!r} not found; pass --config PATH or set CAREBRIDGE_CONFIG"
+        ) from None
+    except OSError as exc:
+        raise ConfigError("--config", f"cannot read {str(p)!r}: {exc.strerror}") from None
+    try:
+        raw = tomllib.loads(data.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(p), f"is not valid TOML ({exc}); fix the syntax") from None
+    return parse_config(raw, base_dir=str(p.resolve().parent))

@@ -1,0 +1,71 @@
+"""Demo data so a new user sees carebridge work: one organisation, clinic, staff and patient.
+
+Idempotent: running it again finds what it made before. Demo passwords are printed once.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import date
+
+from sqlalchemy import select
+
+from gateway import clinics, patients, staff
+from gateway.models import Clinic
+from gateway.services import Services
+
+DEMO_CLINIC = "riverside"
+
+
+async def seed(services: Services) -> list[str]:
+    """Create the demo records if missing; return lines to show the user."""
+    lines: list[str] = []
+    async with services.transaction() as s:
+        existing = await s.scalar(select(Clinic).where(Clinic.slug == DEMO_CLINIC))
+        if existing is not None:
+            return [f"demo clinic '{DEMO_CLINIC}' already seeded"]
+        org = await clinics.get_or_create_org(s, "demo-health", "Demo Health", "demo")
+        clinic = await clinics.add_clinic(
+            s,
+            org=org,
+            slug=DEMO_CLINIC,
+            name="Riverside Family Clinic",
+            timezone="America/Chicago",
+            reply_domain="reply.riverside.example",
+            sending_domain="riverside.example",
+            actor="demo",
+        )
+        password = secrets.token_urlsafe(10)
+        for name, email, role in (
+            ("Dana Admin", "admin@riverside.example", "clinic_admin"),
+            ("Dr. Rivera", "rivera@riverside.example", "provider"),
+            ("Front Desk", "desk@riverside.example", "front_desk"),
+        ):
+            await staff.add_staff(
+                s,
+                services.keyring,
+                clinic=clinic,
+                name=name,
+                email=email,
+                role=role,
+                password=password,
+                actor="demo",
+            )
+        result = await patients.enroll(
+            s,
+            services.keyring,
+            clinic=clinic,
+            given_name="Alex",
+            family_name="Demo",
+            date_of_birth=date(1985, 6, 15),
+            email="alex.demo@example.org",
+            source="demo",
+            actor="demo",
+        )
+        lines += [
+            f"seeded clinic '{DEMO_CLINIC}' (enrolment code {clinic.enrolment_code})",
+            "staff sign-in: admin@riverside.example, rivera@riverside.example, "
+            f"desk@riverside.example, password {password}",
+            f"demo patient {result.patient.id} enrolled",
+        ]
+    return lines

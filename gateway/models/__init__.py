@@ -1,0 +1,41 @@
+"""The secure store's models. Importing this package registers every table on ``Base``."""
+
+from gateway.models.base import Base, utcnow
+from gateway.models.inbound import InboundMessage, QuarantineItem
+from gateway.models.messaging import Attachment, Message, Thread
+from gateway.models.org import (
+    ApiKey,
+    Clinic,
+    DkimKey,
+    Organisation,
+    Pool,
+    PoolMember,
+    RoutingRule,
+    Staff,
+)
+from gateway.models.outbound import Notification
+from gateway.models.patient import Enrolment, Patient
+from gateway.models.security import AuditEvent, Token
+
+__all__ = [
+    "ApiKey",
+    "Attachment",
+    "AuditEvent",
+    "Base",
+    "Clinic",
+    "DkimKey",
+    "Enrolment",
+    "InboundMessage",
+    "Message",
+    "Notification",
+    "Organisation",
+    "Patient",
+    "Pool",
+    "PoolMember",
+    "QuarantineItem",
+    "RoutingRule",
+    "Staff",
+    "Thread",
+    "Token",
+    "utcnow",
+]

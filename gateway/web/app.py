@@ -1,0 +1,25 @@
+"""The web application: routers listed explicitly, security headers, no import-time registry."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from gateway.services import Services
+from gateway.templating import build_environment
+from gateway.web import health
+from gateway.web.security import SecurityHeaders
+
+
+def create_app(services: Services) -> FastAPI:
+    app = FastAPI(
+        title="carebridge",
+        version="0.1.0",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/api/v1/openapi.json",
+    )
+    app.state.services = services
+    app.state.templates = build_environment()
+    app.include_router(health.router)
+    app.add_middleware(SecurityHeaders)
+    return app
