@@ -27,7 +27,7 @@ class Kind(StrEnum):
     NEW_RESULT = "new_result"
     APPOINTMENT_REMINDER = "appointment_reminder"
     REQUEST_RECEIVED = "request_received"
-    PASSWORD_RESET = "password_reset"
+    PASSWORD_RESET = "password_reset"  # noqa: S105 (a kind name, not a password)
     REPLY_ACKNOWLEDGED = "reply_acknowledged"
     SLA_BREACH_PATIENT = "sla_breach_patient"
     STAFF_DIGEST = "staff_digest"

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from gateway import db
 from gateway.config import Config
 from gateway.crypto import KeyRing, load_keyring
+from gateway.metrics import Metrics
 
 
 class Clock(Protocol):
@@ -37,6 +38,7 @@ class Services:
     clock: Clock = field(default_factory=SystemClock)
     # Parts report readiness here (e.g. "smtp": True once listening); /readyz reads it.
     ready: dict[str, bool] = field(default_factory=dict)
+    metrics: Metrics = field(default_factory=Metrics)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:

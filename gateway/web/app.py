@@ -6,7 +6,7 @@ from fastapi import FastAPI
 
 from gateway.services import Services
 from gateway.templating import build_environment
-from gateway.web import health
+from gateway.web import health, metrics
 from gateway.web.security import SecurityHeaders
 
 
@@ -21,5 +21,6 @@ def create_app(services: Services) -> FastAPI:
     app.state.services = services
     app.state.templates = build_environment()
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.add_middleware(SecurityHeaders)
     return app
