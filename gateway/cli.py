@@ -434,7 +434,10 @@ def demo(
 def main(argv: list[str] | None = None) -> None:
     command = typer.main.get_command(app)
     try:
-        command.main(args=argv, prog_name="carebridge", standalone_mode=False)
+        rc = command.main(args=argv, prog_name="carebridge", standalone_mode=False)
+        # Without standalone mode click returns typer.Exit codes instead of exiting.
+        if isinstance(rc, int) and rc != 0:
+            sys.exit(rc)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
