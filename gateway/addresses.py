@@ -60,6 +60,8 @@ def validate_address(address: str) -> str:
             text = "it is not a valid address"
         raise InvalidAddressError(f"email address refused: {text}") from None
     local, _, domain = result.normalized.rpartition("@")
+    if "." not in domain:
+        raise InvalidAddressError("email address refused: the domain has no dot")
     return f"{local}@{domain.lower()}"
 
 
