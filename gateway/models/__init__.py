@@ -1,6 +1,7 @@
 """The secure store's models. Importing this package registers every table on ``Base``."""
 
 from gateway.models.base import Base, utcnow
+from gateway.models.careteam import Appointment, IdempotencyRecord, QuickReply
 from gateway.models.inbound import InboundMessage, QuarantineItem
 from gateway.models.messaging import Attachment, Message, Thread
 from gateway.models.org import (
@@ -19,12 +20,14 @@ from gateway.models.security import AuditEvent, Token
 
 __all__ = [
     "ApiKey",
+    "Appointment",
     "Attachment",
     "AuditEvent",
     "Base",
     "Clinic",
     "DkimKey",
     "Enrolment",
+    "IdempotencyRecord",
     "InboundMessage",
     "Message",
     "Notification",
@@ -33,6 +36,7 @@ __all__ = [
     "Pool",
     "PoolMember",
     "QuarantineItem",
+    "QuickReply",
     "RoutingRule",
     "Staff",
     "Thread",

@@ -34,6 +34,9 @@ class Thread(Base):
     urgent: Mapped[bool] = mapped_column(Boolean, default=False)
     assigned_staff_id: Mapped[str | None] = mapped_column(ForeignKey("staff.id"))
     sla_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    # When the running SLA clock started and when its 75% warning falls (None: clock stopped).
+    sla_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    sla_warn_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     sla_warned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     sla_breached_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     patient_unread: Mapped[bool] = mapped_column(Boolean, default=False)

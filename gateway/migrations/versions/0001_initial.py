@@ -2,7 +2,7 @@
 
 Revision ID: 0001_initial
 Revises:
-Create Date: 2026-11-26 13:37:20.939701
+Create Date: 2026-11-26 13:48:13.249766
 """
 
 from __future__ import annotations
@@ -150,6 +150,32 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_patient_org_id"), ["org_id"], unique=False)
 
     op.create_table(
+        "appointment",
+        sa.Column("id", sa.String(length=32), nullable=False),
+        sa.Column("clinic_id", sa.String(length=32), nullable=False),
+        sa.Column("patient_id", sa.String(length=32), nullable=False),
+        sa.Column("external_id", sa.String(length=64), nullable=True),
+        sa.Column("starts_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("cancelled_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("reminded_48h_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("reminded_2h_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("created_by", sa.String(length=80), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["clinic_id"], ["clinic.id"], name=op.f("fk_appointment_clinic_id_clinic")
+        ),
+        sa.ForeignKeyConstraint(
+            ["patient_id"], ["patient.id"], name=op.f("fk_appointment_patient_id_patient")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_appointment")),
+        sa.UniqueConstraint("clinic_id", "external_id", name=op.f("uq_appointment_clinic_id")),
+    )
+    with op.batch_alter_table("appointment", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_appointment_clinic_id"), ["clinic_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_appointment_patient_id"), ["patient_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_appointment_starts_at"), ["starts_at"], unique=False)
+
+    op.create_table(
         "dkim_key",
         sa.Column("id", sa.String(length=32), nullable=False),
         sa.Column("clinic_id", sa.String(length=32), nullable=False),
@@ -190,6 +216,46 @@ def upgrade() -> None:
     with op.batch_alter_table("enrolment", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_enrolment_clinic_id"), ["clinic_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_enrolment_patient_id"), ["patient_id"], unique=False)
+
+    op.create_table(
+        "idempotency_record",
+        sa.Column("id", sa.String(length=32), nullable=False),
+        sa.Column("api_key_id", sa.String(length=32), nullable=False),
+        sa.Column("key", sa.String(length=255), nullable=False),
+        sa.Column("request_hash", sa.String(length=64), nullable=False),
+        sa.Column("status_code", sa.Integer(), nullable=False),
+        sa.Column("response", sa.JSON(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["api_key_id"], ["api_key.id"], name=op.f("fk_idempotency_record_api_key_id_api_key")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_idempotency_record")),
+        sa.UniqueConstraint("api_key_id", "key", name=op.f("uq_idempotency_record_api_key_id")),
+    )
+    with op.batch_alter_table("idempotency_record", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_idempotency_record_api_key_id"), ["api_key_id"], unique=False
+        )
+        batch_op.create_index(
+            batch_op.f("ix_idempotency_record_expires_at"), ["expires_at"], unique=False
+        )
+
+    op.create_table(
+        "quick_reply",
+        sa.Column("id", sa.String(length=32), nullable=False),
+        sa.Column("clinic_id", sa.String(length=32), nullable=False),
+        sa.Column("title", sa.String(length=100), nullable=False),
+        sa.Column("body", sa.Text(), nullable=False),
+        sa.Column("position", sa.Integer(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["clinic_id"], ["clinic.id"], name=op.f("fk_quick_reply_clinic_id_clinic")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_quick_reply")),
+    )
+    with op.batch_alter_table("quick_reply", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_quick_reply_clinic_id"), ["clinic_id"], unique=False)
 
     op.create_table(
         "staff",
@@ -324,6 +390,8 @@ def upgrade() -> None:
         sa.Column("urgent", sa.Boolean(), nullable=False),
         sa.Column("assigned_staff_id", sa.String(length=32), nullable=True),
         sa.Column("sla_due_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("sla_started_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("sla_warn_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("sla_warned_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("sla_breached_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("patient_unread", sa.Boolean(), nullable=False),
@@ -346,6 +414,7 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_thread_patient_id"), ["patient_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_thread_pool_id"), ["pool_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_thread_sla_due_at"), ["sla_due_at"], unique=False)
+        batch_op.create_index(batch_op.f("ix_thread_sla_warn_at"), ["sla_warn_at"], unique=False)
 
     op.create_table(
         "inbound_message",
@@ -462,6 +531,7 @@ def downgrade() -> None:
 
     op.drop_table("inbound_message")
     with op.batch_alter_table("thread", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_thread_sla_warn_at"))
         batch_op.drop_index(batch_op.f("ix_thread_sla_due_at"))
         batch_op.drop_index(batch_op.f("ix_thread_pool_id"))
         batch_op.drop_index(batch_op.f("ix_thread_patient_id"))
@@ -490,6 +560,15 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_staff_clinic_id"))
 
     op.drop_table("staff")
+    with op.batch_alter_table("quick_reply", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_quick_reply_clinic_id"))
+
+    op.drop_table("quick_reply")
+    with op.batch_alter_table("idempotency_record", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_idempotency_record_expires_at"))
+        batch_op.drop_index(batch_op.f("ix_idempotency_record_api_key_id"))
+
+    op.drop_table("idempotency_record")
     with op.batch_alter_table("enrolment", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_enrolment_patient_id"))
         batch_op.drop_index(batch_op.f("ix_enrolment_clinic_id"))
@@ -499,6 +578,12 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_dkim_key_clinic_id"))
 
     op.drop_table("dkim_key")
+    with op.batch_alter_table("appointment", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_appointment_starts_at"))
+        batch_op.drop_index(batch_op.f("ix_appointment_patient_id"))
+        batch_op.drop_index(batch_op.f("ix_appointment_clinic_id"))
+
+    op.drop_table("appointment")
     with op.batch_alter_table("patient", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_patient_org_id"))
         batch_op.drop_index(batch_op.f("ix_patient_email_index"))

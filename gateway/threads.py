@@ -1,0 +1,387 @@
+"""Conversations between a patient and the clinic: the one place threads and messages change.
+
+The portal, the inbound email handlers, the staff workspace and the REST API all call these
+functions, so routing, the SLA clock, audit and notifications happen the same way whichever
+door a message came through. Functions work in the caller's transaction and never commit.
+
+SLA clock: a patient message starts the clock when none is running (a second message before
+the clinic answers keeps the first, earlier deadline, so writing again never pushes the
+clinic's deadline out); a staff answer to the patient stops it; internal notes do not.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway import audit, digests, sla
+from gateway.errors import NotFoundError, UsageError
+from gateway.models import Clinic, Message, Patient, Pool, RoutingRule, Staff, Thread
+from gateway.models.org import REQUEST_TYPES
+from gateway.notify import OPTIONAL_KINDS, Kind, Notice, enqueue
+from gateway.services import Services
+
+log = logging.getLogger("carebridge.threads")
+
+SOURCES = ("portal", "email", "api", "desk")
+# Bodies are stored encrypted; the cap stops one message from filling the store.
+MAX_BODY_CHARS = 20_000
+MAX_SUBJECT_CHARS = 200
+# A routing rule with this request type catches everything no earlier rule matched.
+ANY_REQUEST = "*"
+
+
+def _check_text(value: str, what: str, limit: int) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise UsageError(f"the {what} is empty; write something before sending")
+    if len(value) > limit:
+        raise UsageError(f"the {what} is too long ({len(value)} characters; at most {limit})")
+    return value
+
+
+async def route(
+    session: AsyncSession, clinic_id: str, request_type: str
+) -> tuple[Pool | None, RoutingRule | None]:
+    """The first rule (by position) for this request type, or a catch-all rule."""
+    rules = (
+        await session.scalars(
+            select(RoutingRule)
+            .where(
+                RoutingRule.clinic_id == clinic_id,
+                RoutingRule.request_type.in_([request_type, ANY_REQUEST]),
+            )
+            .order_by(RoutingRule.position)
+        )
+    ).all()
+    if not rules:
+        return None, None
+    rule = rules[0]
+    return await session.get(Pool, rule.pool_id), rule
+
+
+def _start_clock(thread: Thread, clinic: Clinic, now: datetime, hours: int | None) -> None:
+    warn, due = sla.deadlines(clinic, now, hours)
+    thread.sla_started_at = now
+    thread.sla_warn_at = warn
+    thread.sla_due_at = due
+    thread.sla_warned_at = None
+    thread.sla_breached_at = None
+
+
+def stop_clock(thread: Thread) -> None:
+    thread.sla_started_at = None
+    thread.sla_warn_at = None
+    thread.sla_due_at = None
+
+
+async def _sla_hours(session: AsyncSession, thread: Thread) -> int | None:
+    _, rule = await route(session, thread.clinic_id, thread.request_type)
+    return rule.sla_hours if rule is not None and rule.pool_id == thread.pool_id else None
+
+
+async def _acknowledge(
+    session: AsyncSession,
+    services: Services,
+    *,
+    thread: Thread,
+    patient: Patient,
+    clinic: Clinic,
+    kind: Kind,
+) -> None:
+    """Tell the patient we have it, when to expect a reply, and when the clinic reopens."""
+    now = services.clock.now()
+    reopens = None if sla.is_open(clinic, now) else sla.next_opening(clinic, now)
+    await enqueue(
+        session,
+        services.keyring,
+        notice=Notice(
+            kind=kind,
+            thread_id=thread.id,
+            expected_reply_at=thread.sla_due_at,
+            reopens_at=reopens,
+        ),
+        clinic_id=clinic.id,
+        recipient=patient.email,
+        now=now,
+        language=patient.language,
+        patient_id=patient.id,
+    )
+
+
+async def _notify_pool(
+    session: AsyncSession, services: Services, thread: Thread, urgent: bool
+) -> None:
+    if thread.pool_id is None:
+        return
+    pool = await session.get(Pool, thread.pool_id)
+    if pool is not None:
+        await digests.note_new_message(session, services, pool=pool, urgent=urgent)
+
+
+async def create_thread(
+    session: AsyncSession,
+    services: Services,
+    *,
+    patient: Patient,
+    clinic: Clinic,
+    request_type: str,
+    subject: str,
+    body: str,
+    details: dict[str, Any] | None = None,
+    urgent: bool = False,
+    source: str = "portal",
+    actor: str,
+) -> Thread:
+    """Open a request: route it to a pool, start the SLA clock, store the first message."""
+    if request_type not in REQUEST_TYPES:
+        raise UsageError(
+            f"request type {request_type!r} is unknown; use one of: {', '.join(REQUEST_TYPES)}"
+        )
+    if source not in SOURCES:
+        raise UsageError(f"source {source!r} is unknown; use one of: {', '.join(SOURCES)}")
+    _check_text(subject, "subject", MAX_SUBJECT_CHARS)
+    _check_text(body, "message", MAX_BODY_CHARS)
+    now = services.clock.now()
+    pool, rule = await route(session, clinic.id, request_type)
+    thread = Thread(
+        clinic_id=clinic.id,
+        patient_id=patient.id,
+        pool_id=pool.id if pool else None,
+        request_type=request_type,
+        subject=subject,
+        details=details,
+        status="open",
+        urgent=urgent,
+        patient_unread=False,
+        created_at=now,
+        updated_at=now,
+    )
+    _start_clock(thread, clinic, now, rule.sla_hours if rule else None)
+    session.add(thread)
+    await session.flush()
+    message = Message(
+        thread_id=thread.id,
+        author_kind="patient",
+        author_id=patient.id,
+        body=body,
+        internal=False,
+        source=source,
+        created_at=now,
+    )
+    session.add(message)
+    await session.flush()
+    await audit.record(
+        session,
+        actor,
+        "thread.create",
+        "thread",
+        thread.id,
+        at=now,
+        pool_id=thread.pool_id,
+        request_type=request_type,
+        message_id=message.id,
+    )
+    await _notify_pool(session, services, thread, urgent)
+    await _acknowledge(
+        session, services, thread=thread, patient=patient, clinic=clinic, kind=Kind.REQUEST_RECEIVED
+    )
+    log.info("thread created id=%s pool=%s type=%s", thread.id, thread.pool_id, request_type)
+    return thread
+
+
+async def post_patient_message(
+    session: AsyncSession,
+    services: Services,
+    *,
+    thread: Thread,
+    body: str,
+    source: str = "portal",
+    inbound_id: str | None = None,
+    actor: str,
+) -> Message:
+    """The patient writes again in a thread: reopen it and (re)start the SLA clock."""
+    if source not in SOURCES:
+        raise UsageError(f"source {source!r} is unknown; use one of: {', '.join(SOURCES)}")
+    _check_text(body, "message", MAX_BODY_CHARS)
+    now = services.clock.now()
+    clinic = await session.get(Clinic, thread.clinic_id)
+    patient = await session.get(Patient, thread.patient_id)
+    if clinic is None or patient is None:
+        raise NotFoundError(f"thread {thread.id} has no clinic or patient")
+    message = Message(
+        thread_id=thread.id,
+        author_kind="patient",
+        author_id=patient.id,
+        body=body,
+        internal=False,
+        source=source,
+        inbound_id=inbound_id,
+        created_at=now,
+    )
+    session.add(message)
+    reopened = thread.status != "open"
+    thread.status = "open"
+    thread.updated_at = now
+    if thread.sla_due_at is None:
+        _start_clock(thread, clinic, now, await _sla_hours(session, thread))
+    await session.flush()
+    await audit.record(
+        session,
+        actor,
+        "thread.patient_message",
+        "thread",
+        thread.id,
+        at=now,
+        message_id=message.id,
+        source=source,
+        reopened=reopened,
+    )
+    await _notify_pool(session, services, thread, thread.urgent)
+    await _acknowledge(
+        session,
+        services,
+        thread=thread,
+        patient=patient,
+        clinic=clinic,
+        kind=Kind.REPLY_ACKNOWLEDGED if source == "email" else Kind.REQUEST_RECEIVED,
+    )
+    return message
+
+
+def staff_may_act(staff: Staff, thread: Thread) -> bool:
+    """Staff act on their own clinic's threads; operators on any."""
+    return staff.active and (staff.role == "operator" or staff.clinic_id == thread.clinic_id)
+
+
+def _wants(patient: Patient, kind: Kind) -> bool:
+    if kind not in OPTIONAL_KINDS:
+        return True
+    prefs = patient.notification_prefs or {}
+    return bool(prefs.get(str(kind), True))
+
+
+async def post_staff_message(
+    session: AsyncSession,
+    services: Services,
+    *,
+    thread: Thread,
+    staff: Staff,
+    body: str,
+    internal: bool = False,
+    source: str = "portal",
+) -> Message:
+    """A staff answer (stops the clock, tells the patient) or an internal note (neither)."""
+    if not staff_may_act(staff, thread):
+        raise UsageError("this staff account may not write in another clinic's thread")
+    _check_text(body, "note" if internal else "message", MAX_BODY_CHARS)
+    now = services.clock.now()
+    message = Message(
+        thread_id=thread.id,
+        author_kind="staff",
+        author_id=staff.id,
+        body=body,
+        internal=internal,
+        source=source,
+        created_at=now,
+    )
+    session.add(message)
+    thread.updated_at = now
+    if not internal:
+        stop_clock(thread)
+        thread.patient_unread = True
+        if thread.assigned_staff_id is None:
+            thread.assigned_staff_id = staff.id
+    await session.flush()
+    await audit.record(
+        session,
+        f"staff:{staff.id}",
+        "thread.staff_note" if internal else "thread.staff_message",
+        "thread",
+        thread.id,
+        at=now,
+        message_id=message.id,
+    )
+    if not internal:
+        patient = await session.get(Patient, thread.patient_id)
+        if patient is not None and _wants(patient, Kind.NEW_MESSAGE):
+            await enqueue(
+                session,
+                services.keyring,
+                notice=Notice(kind=Kind.NEW_MESSAGE, thread_id=thread.id),
+                clinic_id=thread.clinic_id,
+                recipient=patient.email,
+                now=now,
+                language=patient.language,
+                patient_id=patient.id,
+                coalesce_key=f"new_message:{patient.id}",
+            )
+    return message
+
+
+async def thread_for_patient(
+    session: AsyncSession, thread_id: str, patient_id: str
+) -> Thread | None:
+    """The thread if it belongs to this patient; None otherwise (never says which)."""
+    thread = await session.get(Thread, thread_id)
+    if thread is None or thread.patient_id != patient_id:
+        return None
+    return thread
+
+
+async def messages_of(
+    session: AsyncSession, thread_id: str, *, include_internal: bool
+) -> Sequence[Message]:
+    """A thread's messages, oldest first; patients never get internal notes."""
+    q = select(Message).where(Message.thread_id == thread_id)
+    if not include_internal:
+        q = q.where(Message.internal.is_(False))
+    return (await session.scalars(q.order_by(Message.created_at, Message.id))).all()
+
+
+async def assign(
+    session: AsyncSession,
+    services: Services,
+    *,
+    thread: Thread,
+    staff: Staff,
+    assignee: Staff | None,
+) -> Thread:
+    """Claim (assignee is the acting staff), assign to a colleague, or unassign (None)."""
+    if not staff_may_act(staff, thread):
+        raise UsageError("this staff account may not act on another clinic's thread")
+    if assignee is not None and not staff_may_act(assignee, thread):
+        raise UsageError("threads can only be assigned to active staff of the same clinic")
+    now = services.clock.now()
+    thread.assigned_staff_id = assignee.id if assignee else None
+    thread.updated_at = now
+    await session.flush()
+    await audit.record(
+        session,
+        f"staff:{staff.id}",
+        "thread.assign",
+        "thread",
+        thread.id,
+        at=now,
+        assignee_id=assignee.id if assignee else None,
+    )
+    return thread
+
+
+async def close_thread(
+    session: AsyncSession, services: Services, *, thread: Thread, staff: Staff
+) -> Thread:
+    """Close a thread; its clock stops. A later patient message reopens it."""
+    if not staff_may_act(staff, thread):
+        raise UsageError("this staff account may not act on another clinic's thread")
+    now = services.clock.now()
+    thread.status = "closed"
+    thread.updated_at = now
+    stop_clock(thread)
+    await session.flush()
+    await audit.record(session, f"staff:{staff.id}", "thread.close", "thread", thread.id, at=now)
+    return thread
