@@ -16,11 +16,20 @@ from gateway.models.org import (
 )
 from gateway.models.outbound import Notification
 from gateway.models.patient import Enrolment, Patient
+from gateway.models.portal import (
+    Article,
+    ArticleAssignment,
+    Result,
+    Throttle,
+    WebSession,
+)
 from gateway.models.security import AuditEvent, Token
 
 __all__ = [
     "ApiKey",
     "Appointment",
+    "Article",
+    "ArticleAssignment",
     "Attachment",
     "AuditEvent",
     "Base",
@@ -37,9 +46,12 @@ __all__ = [
     "PoolMember",
     "QuarantineItem",
     "QuickReply",
+    "Result",
     "RoutingRule",
     "Staff",
     "Thread",
+    "Throttle",
     "Token",
+    "WebSession",
     "utcnow",
 ]

@@ -6,8 +6,9 @@ from fastapi import FastAPI
 
 from gateway.services import Services
 from gateway.templating import build_environment
-from gateway.web import health, metrics
+from gateway.web import health, metrics, pages
 from gateway.web.security import SecurityHeaders
+from gateway.web.sessions import SessionMiddleware
 
 
 def create_app(services: Services) -> FastAPI:
@@ -22,5 +23,7 @@ def create_app(services: Services) -> FastAPI:
     app.state.templates = build_environment()
     app.include_router(health.router)
     app.include_router(metrics.router)
+    app.include_router(pages.router)
+    app.add_middleware(SessionMiddleware, services=services)
     app.add_middleware(SecurityHeaders)
     return app

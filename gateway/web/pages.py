@@ -1,0 +1,112 @@
+"""Rendering server-side pages, and the pages every audience shares.
+
+:func:`render` is what every HTML route calls: it picks the language (en/es), passes the
+gettext functions, the CSRF field and the signed-in principal into the template, and returns
+the response. This module also serves the stylesheet (the CSP forbids inline style), the
+language switch and the staff sign-in pages, so the staff and admin areas only build what is
+behind them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from jinja2 import Environment
+
+from gateway.i18n import LANGUAGES, gettext_for
+from gateway.templating import TEMPLATES_DIR
+from gateway.web import sessions
+from gateway.web.health import services_of
+
+router = APIRouter(include_in_schema=False)
+
+STYLESHEET = TEMPLATES_DIR / "web" / "static" / "carebridge.css"
+_LANG_MAX_AGE = 365 * 24 * 3600
+
+
+def language_of(request: Request, preferred: str | None = None) -> str:
+    """Cookie choice first, then the account's language, then the browser's, then English."""
+    chosen = request.scope.get("state", {}).get(sessions.LANG_COOKIE)
+    if chosen in LANGUAGES:
+        return str(chosen)
+    if preferred in LANGUAGES:
+        return str(preferred)
+    for part in request.headers.get("accept-language", "").split(","):
+        code = part.split(";")[0].strip().lower()[:2]
+        if code in LANGUAGES:
+            return code
+    return "en"
+
+
+def render(
+    request: Request,
+    template: str,
+    *,
+    status_code: int = 200,
+    lang: str | None = None,
+    **context: Any,
+) -> HTMLResponse:
+    """Render ``templates/web/<template>`` with the shared page context."""
+    env = request.app.state.templates
+    assert isinstance(env, Environment)
+    language = lang or language_of(request)
+    ctx: dict[str, Any] = {
+        **gettext_for(language),
+        "csrf_field": sessions.csrf_field(request),
+        "current_path": request.url.path,
+        "principal": request.scope.get("state", {}).get("cb_principal"),
+        "flash": None,
+    }
+    ctx.update(context)
+    html = env.get_template(f"web/{template}").render(ctx)
+    return HTMLResponse(html, status_code=status_code)
+
+
+@router.get("/static/carebridge.css")
+async def stylesheet() -> FileResponse:
+    return FileResponse(
+        STYLESHEET, media_type="text/css", headers={"cache-control": "public, max-age=3600"}
+    )
+
+
+@router.get("/lang/{code}")
+async def switch_language(request: Request, code: str, next: str = "/") -> Response:
+    """Remember the chosen language in a cookie and go back (works without JavaScript)."""
+    services = services_of(request)
+    target = sessions.safe_next(next, "/", ("/",))
+    response = RedirectResponse(target, status_code=303)
+    if code in LANGUAGES:
+        sessions.queue_cookie(
+            request,
+            sessions.cookie_header(services, sessions.LANG_COOKIE, code, max_age=_LANG_MAX_AGE),
+        )
+    return response
+
+
+@router.get("/staff/login")
+async def staff_login_form(request: Request, next: str = "") -> HTMLResponse:
+    return render(request, "staff-login.html.j2", error=None, next=next, email="")
+
+
+@router.post("/staff/login", dependencies=[Depends(sessions.check_csrf)])
+async def staff_login(request: Request) -> Response:
+    form = await request.form()
+    email, password = str(form.get("email", "")), str(form.get("password", ""))
+    code, nxt = str(form.get("code", "")), str(form.get("next", ""))
+    try:
+        staff_id = await sessions.authenticate(services_of(request), "staff", email, password, code)
+    except sessions.SignInError as exc:
+        return render(
+            request, "staff-login.html.j2", status_code=401, error=exc, next=nxt, email=email
+        )
+    await sessions.start_session(request, "staff", staff_id)
+    target = sessions.safe_next(nxt, "/staff", ("/staff", "/admin"))
+    return RedirectResponse(target, status_code=303)
+
+
+@router.post("/staff/logout", dependencies=[Depends(sessions.check_csrf)])
+async def staff_logout(request: Request) -> Response:
+    await sessions.end_session(request)
+    return RedirectResponse("/staff/login", status_code=303)
