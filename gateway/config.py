@@ -117,6 +117,10 @@ class ImapConfig:
 class SchedulerConfig:
     enabled: bool = True
     tick_seconds: float = 30.0
+    # Retention: appointments are purged this many days after they took place, and tokens
+    # this many days after they expired (kept a while so a late click says "expired").
+    retention_days: int = 90
+    token_grace_days: int = 7
 
 
 @dataclass(frozen=True)

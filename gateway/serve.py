@@ -77,6 +77,10 @@ def build_parts(services: Services) -> list[Part]:
     parts: list[Part] = []
     if cfg.web.enabled:
         parts.append(WebPart(services))
+    if cfg.scheduler.enabled:
+        from gateway.scheduler import SchedulerPart
+
+        parts.append(SchedulerPart(services))
     return parts
 
 
