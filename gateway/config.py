@@ -77,6 +77,16 @@ class DeliveryConfig:
 class DnsConfig:
     nameservers: tuple[str, ...] = ()
     timeout_seconds: float = 5.0
+    # Records 'carebridge domain dns' asks clinics to publish (see gateway/domains.py).
+    # SPF mechanisms authorising the senders; empty means "a:<[smtp] hostname>".
+    spf_mechanisms: tuple[str, ...] = ()
+    dmarc_policy: str = "quarantine"
+    # DMARC aggregate reports go here; empty means postmaster@<reply domain>.
+    dmarc_rua: str = ""
+    # "" (no MTA-STS/TLS-RPT records), "testing" or "enforce".
+    mta_sts_mode: str = ""
+    # A DKIM key replaced by rotation stays published this long before check retires it.
+    dkim_retire_after_days: int = 7
 
 
 @dataclass(frozen=True)
@@ -241,6 +251,10 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("log.format", 'must be "text" or "json"')
     if bool(cfg.smtp.tls_cert) != bool(cfg.smtp.tls_key):
         raise ConfigError("smtp.tls_cert", "and smtp.tls_key must be set together")
+    if cfg.dns.dmarc_policy not in ("none", "quarantine", "reject"):
+        raise ConfigError("dns.dmarc_policy", 'must be "none", "quarantine" or "reject"')
+    if cfg.dns.mta_sts_mode not in ("", "testing", "enforce"):
+        raise ConfigError("dns.mta_sts_mode", 'must be "", "testing" or "enforce"')
     for ns in cfg.dns.nameservers:
         _host, _, port = ns.partition(":") if ns.count(":") == 1 else (ns, "", "")
         if port and not port.isdigit():
