@@ -108,6 +108,10 @@ class InboundConfig:
     max_header_bytes: int = 64 * 1024
     parse_timeout_seconds: float = 5.0
     max_automated_per_day: int = 10
+    # Messages authenticated and handled at once after they are stored.
+    process_concurrency: int = 8
+    # Most messages one group commit may hold (concurrent SMTP sessions share a commit).
+    group_commit_max: int = 200
 
 
 @dataclass(frozen=True)

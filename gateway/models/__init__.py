@@ -2,7 +2,7 @@
 
 from gateway.models.base import Base, utcnow
 from gateway.models.careteam import Appointment, IdempotencyRecord, QuickReply
-from gateway.models.inbound import InboundMessage, QuarantineItem
+from gateway.models.inbound import ImapMailboxState, InboundMessage, QuarantineItem
 from gateway.models.messaging import Attachment, Message, Thread
 from gateway.models.org import (
     ApiKey,
@@ -36,6 +36,7 @@ __all__ = [
     "Clinic",
     "DkimKey",
     "Enrolment",
+    "ImapMailboxState",
     "IdempotencyRecord",
     "InboundMessage",
     "Message",

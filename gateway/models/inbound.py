@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, String, Text
+from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from gateway.models.base import Base, utcnow
-from gateway.models.types import ID, EncryptedBytes, UTCDateTime, new_id
+from gateway.models.types import ID, EncryptedBytes, EncryptedJSON, UTCDateTime, new_id
 
 
 class InboundMessage(Base):
@@ -31,6 +31,30 @@ class InboundMessage(Base):
     handler: Mapped[str | None] = mapped_column(String(40))
     thread_id: Mapped[str | None] = mapped_column(ForeignKey("thread.id"))
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    # The clinic whose reply domain the recipient was on (None for IMAP until routed).
+    clinic_id: Mapped[str | None] = mapped_column(ForeignKey("clinic.id"), index=True)
+    # SMTP envelope (MAIL FROM, peer IP, HELO): addresses are PHI, so encrypted. SPF needs it.
+    envelope: Mapped[dict[str, Any] | None] = mapped_column(
+        EncryptedJSON("inbound_message.envelope")
+    )
+    # Keyed blind index of the From address: counts automated mail per sender per day.
+    sender_index: Mapped[str | None] = mapped_column(String(64), index=True)
+    # PHI-free outcome detail (reason code, handler verdict).
+    detail: Mapped[str | None] = mapped_column(String(200))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ImapMailboxState(Base):
+    """Where an IMAP poller got to: UIDVALIDITY and the highest UID committed to the store."""
+
+    __tablename__ = "imap_mailbox_state"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)  # the [imap.NAME] section
+    folder: Mapped[str] = mapped_column(String(200))
+    uidvalidity: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
+    last_uid: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), default=0)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class QuarantineItem(Base):

@@ -2,7 +2,7 @@
 
 Revision ID: 0001_initial
 Revises:
-Create Date: 2026-11-26 13:49:04.407938
+Create Date: 2026-11-26 13:52:10.165905
 """
 
 from __future__ import annotations
@@ -51,6 +51,17 @@ def upgrade() -> None:
         sa.Column("prev_hash", sa.String(length=64), nullable=False),
         sa.Column("hash", sa.String(length=64), nullable=False),
         sa.PrimaryKeyConstraint("seq", name=op.f("pk_audit_event")),
+    )
+    op.create_table(
+        "imap_mailbox_state",
+        sa.Column("name", sa.String(length=64), nullable=False),
+        sa.Column("folder", sa.String(length=200), nullable=False),
+        sa.Column(
+            "uidvalidity", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
+        ),
+        sa.Column("last_uid", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("name", name=op.f("pk_imap_mailbox_state")),
     )
     op.create_table(
         "organisation",
@@ -396,6 +407,7 @@ def upgrade() -> None:
         sa.Column("bounce_token_id", sa.String(length=32), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("sent_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
             ["clinic_id"], ["clinic.id"], name=op.f("fk_notification_clinic_id_clinic")
         ),
@@ -523,6 +535,15 @@ def upgrade() -> None:
         sa.Column("handler", sa.String(length=40), nullable=True),
         sa.Column("thread_id", sa.String(length=32), nullable=True),
         sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("clinic_id", sa.String(length=32), nullable=True),
+        sa.Column("envelope", sa.LargeBinary(), nullable=True),
+        sa.Column("sender_index", sa.String(length=64), nullable=True),
+        sa.Column("detail", sa.String(length=200), nullable=True),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("processed_at", sa.DateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["clinic_id"], ["clinic.id"], name=op.f("fk_inbound_message_clinic_id_clinic")
+        ),
         sa.ForeignKeyConstraint(
             ["thread_id"], ["thread.id"], name=op.f("fk_inbound_message_thread_id_thread")
         ),
@@ -531,7 +552,13 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("inbound_message", schema=None) as batch_op:
         batch_op.create_index(
+            batch_op.f("ix_inbound_message_clinic_id"), ["clinic_id"], unique=False
+        )
+        batch_op.create_index(
             batch_op.f("ix_inbound_message_received_at"), ["received_at"], unique=False
+        )
+        batch_op.create_index(
+            batch_op.f("ix_inbound_message_sender_index"), ["sender_index"], unique=False
         )
 
     op.create_table(
@@ -620,7 +647,9 @@ def downgrade() -> None:
 
     op.drop_table("message")
     with op.batch_alter_table("inbound_message", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_inbound_message_sender_index"))
         batch_op.drop_index(batch_op.f("ix_inbound_message_received_at"))
+        batch_op.drop_index(batch_op.f("ix_inbound_message_clinic_id"))
 
     op.drop_table("inbound_message")
     with op.batch_alter_table("thread", schema=None) as batch_op:
@@ -713,6 +742,7 @@ def downgrade() -> None:
     op.drop_table("token")
     op.drop_table("throttle")
     op.drop_table("organisation")
+    op.drop_table("imap_mailbox_state")
     op.drop_table("audit_event")
     with op.batch_alter_table("article", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_article_topic"))

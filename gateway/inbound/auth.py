@@ -1,0 +1,209 @@
+"""The authentication gate: who really sent this message?
+
+Evaluated for every inbound message: DKIM (dkimpy, each signature), SPF (pyspf, for mail that
+came over SMTP with a peer address) and DMARC-style alignment of the passing identities with
+the From domain (relaxed: same organisational domain, from the public suffix list). All DNS goes
+through ``[dns] nameservers``. For mail already checked upstream (IMAP), an
+``Authentication-Results`` header is believed only when stamped by ``[inbound]
+trusted_authserv_id``; any other such header is ignored, since anyone can write one.
+
+The verdict is stored with the message; it holds pass/fail words only, never an address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from functools import lru_cache
+from typing import Any
+
+import authres  # type: ignore[import-untyped]
+import dkim
+import spf
+from publicsuffixlist import PublicSuffixList
+
+from gateway.config import Config
+from gateway.inbound import dnsresolve
+
+log = logging.getLogger("carebridge.inbound.auth")
+
+_DKIM_HEADER = re.compile(rb"^dkim-signature:", re.IGNORECASE | re.MULTILINE)
+
+
+@lru_cache(maxsize=1)
+def _psl() -> PublicSuffixList:
+    return PublicSuffixList()
+
+
+def org_domain(domain: str) -> str:
+    """The organisational domain (example.co.uk for mail.example.co.uk)."""
+    d = domain.lower().rstrip(".")
+    return _psl().privatesuffix(d) or d
+
+
+def aligned(identity_domain: str, from_domain: str) -> bool:
+    """DMARC relaxed alignment: both sit under the same organisational domain."""
+    if not identity_domain or not from_domain:
+        return False
+    return org_domain(identity_domain) == org_domain(from_domain)
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """What the SMTP session knew: needed for SPF. Addresses are PHI: stored encrypted."""
+
+    mail_from: str = ""
+    rcpt_tos: tuple[str, ...] = ()
+    peer_ip: str = ""
+    helo: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "mail_from": self.mail_from,
+            "rcpt_tos": list(self.rcpt_tos),
+            "peer_ip": self.peer_ip,
+            "helo": self.helo,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any] | None) -> Envelope:
+        doc = doc or {}
+        return cls(
+            mail_from=str(doc.get("mail_from", "")),
+            rcpt_tos=tuple(doc.get("rcpt_tos", ())),
+            peer_ip=str(doc.get("peer_ip", "")),
+            helo=str(doc.get("helo", "")),
+        )
+
+
+@dataclass(frozen=True)
+class AuthVerdict:
+    dkim: str = "none"  # pass, fail, temperror, none
+    dkim_domains: tuple[str, ...] = ()  # d= of every passing signature
+    spf: str = "none"  # pass, fail, softfail, neutral, none, temperror, permerror
+    spf_domain: str = ""
+    from_domain: str = ""
+    dkim_aligned: bool = False
+    spf_aligned: bool = False
+    sources: tuple[str, ...] = field(default=())  # "local", "trusted-header"
+
+    @property
+    def aligned_pass(self) -> bool:
+        """DMARC-style: a passing DKIM or SPF identity aligned with the From domain."""
+        return self.dkim_aligned or self.spf_aligned
+
+    def to_json(self) -> dict[str, Any]:
+        """Verdict words only: domains may identify a person, so they are not kept."""
+        return {
+            "dkim": self.dkim,
+            "spf": self.spf,
+            "dkim_aligned": self.dkim_aligned,
+            "spf_aligned": self.spf_aligned,
+            "aligned": self.aligned_pass,
+            "sources": list(self.sources),
+        }
+
+
+def _check_dkim(raw: bytes, dnsfunc: Any) -> tuple[str, list[str]]:
+    count = len(_DKIM_HEADER.findall(raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]))
+    if count == 0:
+        return "none", []
+    passing: list[str] = []
+    temp = False
+    for idx in range(min(count, 5)):  # a bounded number: each costs a DNS lookup
+        d = dkim.DKIM(raw)
+        try:
+            ok = d.verify(idx=idx, dnsfunc=dnsfunc)
+        except dkim.DnsTimeoutError:
+            temp = True
+            continue
+        except Exception:  # dkimpy raises many kinds on malformed signatures: a failure
+            ok = False
+        if ok and d.domain:
+            passing.append(d.domain.decode("ascii", "replace").lower())
+    if passing:
+        return "pass", passing
+    return ("temperror" if temp else "fail"), []
+
+
+def _check_spf(envelope: Envelope) -> tuple[str, str]:
+    if not envelope.peer_ip:
+        return "none", ""
+    sender = envelope.mail_from
+    helo = envelope.helo or "unknown"
+    if not sender:
+        sender = f"postmaster@{helo}"
+    domain = sender.rpartition("@")[2].lower()
+    try:
+        result, _explanation = spf.check2(i=envelope.peer_ip, s=sender, h=helo, querytime=10)
+    except Exception:  # pyspf raises on malformed input: treat as a permanent error
+        return "permerror", domain
+    return str(result), domain
+
+
+def _trusted_results(msg: EmailMessage, authserv_id: str) -> list[Any]:
+    if not authserv_id:
+        return []
+    out: list[Any] = []
+    for value in msg.get_all("Authentication-Results", []) or []:
+        try:
+            header = authres.AuthenticationResultsHeader.parse_value(str(value))
+        except Exception:  # an unparsable header is simply not believed
+            log.debug("ignoring an unparsable Authentication-Results header")
+            continue
+        if str(header.authserv_id).lower() == authserv_id.lower():
+            out.extend(header.results)
+    return out
+
+
+def _prop(result: Any, type_: str, name: str) -> str:
+    for p in result.properties:
+        if p.type == type_ and p.name == name:
+            return str(p.value)
+    return ""
+
+
+def evaluate(
+    cfg: Config, raw: bytes, msg: EmailMessage, from_domain: str, envelope: Envelope
+) -> AuthVerdict:
+    """Run every check (blocking: DNS and RSA). Call it in a worker thread."""
+    res = dnsresolve.make_resolver(cfg.dns)
+    dkim_result, dkim_domains = _check_dkim(raw, dnsresolve.dkim_dnsfunc(res))
+    with dnsresolve.spf_resolver(res):
+        spf_result, spf_domain = _check_spf(envelope)
+    sources = ["local"]
+    for r in _trusted_results(msg, cfg.inbound.trusted_authserv_id):
+        method, result = str(r.method).lower(), str(r.result).lower()
+        if method == "dkim" and result == "pass":
+            d = _prop(r, "header", "d").lower()
+            if d:
+                dkim_domains.append(d)
+                dkim_result = "pass"
+        elif method == "spf" and result == "pass" and spf_result != "pass":
+            mailfrom = _prop(r, "smtp", "mailfrom")
+            spf_domain = (mailfrom.rpartition("@")[2] or _prop(r, "smtp", "helo")).lower()
+            spf_result = "pass"
+        else:
+            continue
+        if "trusted-header" not in sources:
+            sources.append("trusted-header")
+    return AuthVerdict(
+        dkim=dkim_result,
+        dkim_domains=tuple(dkim_domains),
+        spf=spf_result,
+        spf_domain=spf_domain,
+        from_domain=from_domain,
+        dkim_aligned=any(aligned(d, from_domain) for d in dkim_domains),
+        spf_aligned=spf_result == "pass" and aligned(spf_domain, from_domain),
+        sources=tuple(sources),
+    )
+
+
+async def authenticate(
+    cfg: Config, raw: bytes, msg: EmailMessage, from_domain: str, envelope: Envelope
+) -> AuthVerdict:
+    """:func:`evaluate` off the event loop, so DNS and RSA never stall SMTP sessions."""
+    return await asyncio.to_thread(evaluate, cfg, raw, msg, from_domain, envelope)

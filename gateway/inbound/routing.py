@@ -1,0 +1,110 @@
+"""The routing table: which recipient addresses exist, and which handler each one gets.
+
+An explicit ordered tuple of (local-part pattern, token purpose, handler), read top to bottom,
+first match wins. Recipients are judged at RCPT time against it (unknown address, unknown
+domain, or a token that is not live: 550 5.1.1, so nothing is ever bounced back later); the
+same table picks the handler once the message is stored. Routes that carry a patient's words
+are screened for automatic replies first, which go to the auto-reply handler instead.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from email.message import EmailMessage
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway import clinics, tokens
+from gateway.inbound.auth import Envelope
+from handlers import autoreply, bounce, postmaster, registration, reply
+from handlers.base import Handler
+
+_TOKEN = r"(?P<token>[A-Za-z0-9_-]{20,64})"  # noqa: S105 (a pattern, not a secret)
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str
+    pattern: re.Pattern[str]  # matched against the local part
+    token_purpose: str | None
+    handler: Handler
+    # Patient routes: an automatic reply sent here goes to the auto-reply handler instead.
+    screen_automated: bool
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("bounce", re.compile(rf"^bounce\+{_TOKEN}$"), "bounce_address", bounce.handler, False),
+    Route(
+        "register",
+        re.compile(rf"^register\+{_TOKEN}$"),
+        "registration",
+        registration.handler,
+        True,
+    ),
+    Route("reply", re.compile(rf"^reply\+{_TOKEN}$"), "reply_address", reply.handler, True),
+    Route("postmaster", re.compile(r"^postmaster$", re.I), None, postmaster.handler, False),
+    Route("abuse", re.compile(r"^abuse$", re.I), None, postmaster.handler, False),
+)
+# Mail that reached an IMAP mailbox without any address of ours: stored and quarantined.
+UNROUTED = "unrouted"
+
+
+@dataclass(frozen=True)
+class Target:
+    """A recipient accepted at RCPT time: the route, the clinic and the token row."""
+
+    route: str
+    clinic_id: str | None
+    token_id: str | None
+
+    @property
+    def key(self) -> str:
+        return f"{self.route}:{self.token_id or self.clinic_id or ''}"
+
+
+def match_local(local: str) -> tuple[Route, str | None] | None:
+    for route in ROUTES:
+        m = route.pattern.match(local)
+        if m:
+            return route, m.groupdict().get("token")
+    return None
+
+
+def route_named(name: str) -> Route | None:
+    return next((r for r in ROUTES if r.name == name), None)
+
+
+async def resolve_recipient(session: AsyncSession, address: str, now: datetime) -> Target | None:
+    """The target for an RCPT address, or None (the caller answers 550 5.1.1)."""
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain or len(address) > 254:
+        return None
+    clinic = await clinics.clinic_by_reply_domain(session, domain.rstrip(".").lower())
+    if clinic is None or not clinic.reply_domain:
+        return None
+    found = match_local(local)
+    if found is None:
+        return None
+    route, value = found
+    if route.token_purpose is None:
+        return Target(route.name, clinic.id, None)
+    assert value is not None
+    row = await tokens.peek(session, value, route.token_purpose, now)
+    if row is None:
+        return None
+    return Target(route.name, clinic.id, row.id)
+
+
+def choose_handler(
+    route: Route | None, msg: EmailMessage, envelope: Envelope, source: str
+) -> tuple[Handler | None, str | None]:
+    """The handler for a stored message, and the automatic-reply reason when there is one."""
+    if route is None:
+        return None, None
+    if route.screen_automated:
+        reason = autoreply.automated_reason(msg, envelope, source)
+        if reason is not None:
+            return autoreply.handler, reason
+    return route.handler, None

@@ -1,0 +1,73 @@
+"""``register+TOKEN@``: a reply to the registration invitation confirms the address.
+
+Only an authenticated reply from the address on file confirms it (a forged reply could
+otherwise verify someone else's mailbox). When the reply's own words say "I agree" and the
+quoted invitation names a terms version, the agreement to that version is recorded too;
+otherwise the terms are still accepted on the portal.
+"""
+
+from __future__ import annotations
+
+import re
+
+from gateway import audit
+from gateway.inbound.parsing import text_body
+from handlers.base import Confirmed, Context, Outcome, Quarantine, authenticated_patient
+from handlers.reply import new_text
+
+_AGREE = re.compile(r"^\W*(i\s+agree|yes,?\s+i\s+agree|acepto|estoy\s+de\s+acuerdo)\b", re.I)
+_TERMS_VERSION = re.compile(
+    r"(?:terms|t[ée]rminos)[^\n]{0,40}?(?:version|versi[óo]n)\s*:?\s*([A-Za-z0-9][A-Za-z0-9._-]{0,31})",
+    re.I,
+)
+
+
+def agreed_terms_version(full_text: str, reply_text: str) -> str | None:
+    """The quoted terms version, when the reply's own first words are "I agree"."""
+    if not _AGREE.search(reply_text):
+        return None
+    m = _TERMS_VERSION.search(full_text)
+    return m.group(1) if m else None
+
+
+class RegistrationHandler:
+    name = "registration"
+
+    async def handle(self, ctx: Context) -> Outcome:
+        patient = await authenticated_patient(ctx, "registration")
+        if isinstance(patient, Quarantine):
+            return patient
+        actor = f"patient:{patient.id}"
+        if patient.email_verified_at is None:
+            patient.email_verified_at = ctx.now
+            await audit.record(
+                ctx.session,
+                actor,
+                "patient.email_confirmed",
+                "patient",
+                patient.id,
+                at=ctx.now,
+                via="email_reply",
+                inbound_id=ctx.inbound.id,
+            )
+        version = agreed_terms_version(text_body(ctx.msg), new_text(ctx.msg))
+        if version and patient.terms_agreed_at is None:
+            patient.terms_version = version
+            patient.terms_agreed_at = ctx.now
+            await audit.record(
+                ctx.session,
+                actor,
+                "patient.terms_agreed",
+                "patient",
+                patient.id,
+                at=ctx.now,
+                terms_version=version,
+                via="email_reply",
+                inbound_id=ctx.inbound.id,
+            )
+        if patient.status == "pending" and patient.terms_agreed_at and patient.email_verified_at:
+            patient.status = "active"
+        return Confirmed(patient.id, terms_agreed=patient.terms_agreed_at is not None)
+
+
+handler = RegistrationHandler()
