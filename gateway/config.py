@@ -71,6 +71,18 @@ class DeliveryConfig:
     max_backoff_seconds: int = 3600
     coalesce_seconds: int = 120
     timeout_seconds: int = 60
+    # Port of recipients' MX hosts (tests and bench point it at a loopback sink).
+    mx_port: int = 25
+    # Extra CA bundle (PEM) trusted when a clinic requires verified TLS; empty: system CAs.
+    tls_ca_file: str = ""
+    # Local part of the From address on the clinic's sending domain.
+    from_local_part: str = "notifications"
+    # Rows one worker claims per round trip, and how long a claim lasts before a crashed
+    # worker's rows are retried by another.
+    claim_batch: int = 20
+    lease_seconds: int = 300
+    # How often idle workers look for due rows (they are also woken by new work).
+    poll_seconds: float = 1.0
 
 
 @dataclass(frozen=True)

@@ -2,18 +2,19 @@
 
 Callers pass a :class:`Notice`, a typed context that has no field able to hold PHI: ids,
 counts, kinds and times only. Names, subjects, bodies and result values cannot reach an email
-because there is nowhere to put them. Rendering, coalescing and delivery happen downstream
-(see the outbound modules); this module only writes the queue row.
+because there is nowhere to put them. This module writes (or coalesces into) the queue row;
+rendering and delivery happen in :mod:`gateway.outbound`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.addresses import domain_of, validate_address
@@ -83,6 +84,71 @@ class Notice:
         return cls(**kw)
 
 
+# Kinds whose events for one person are gathered into one email when the caller gives no
+# coalesce key: "3 new messages" rather than three emails.
+COALESCING_KINDS = frozenset({Kind.NEW_MESSAGE, Kind.NEW_RESULT, Kind.REPLY_ACKNOWLEDGED})
+# The window used when the caller does not pass ``[delivery] coalesce_seconds``.
+DEFAULT_COALESCE_SECONDS = 120
+
+
+def default_coalesce_key(notice: Notice, patient_id: str | None) -> str | None:
+    if patient_id is None or notice.kind not in COALESCING_KINDS:
+        return None
+    return f"{notice.kind}:{patient_id}"
+
+
+def merge(context: dict[str, Any], notice: Notice) -> dict[str, Any]:
+    """One queued notice absorbs another: counts add up; a thread link survives only if
+    both are about the same thread (otherwise the email links to the inbox)."""
+    merged = dict(context)
+    merged["count"] = int(context.get("count", 1)) + notice.count
+    merged["urgent_count"] = int(context.get("urgent_count", 0)) + notice.urgent_count
+    if context.get("thread_id") != notice.thread_id:
+        merged["thread_id"] = None
+    for name in ("expected_reply_at", "reopens_at"):
+        value = getattr(notice, name)
+        if value is not None:
+            merged[name] = value.isoformat()
+    return merged
+
+
+async def _coalesce(
+    session: AsyncSession, key: str, notice: Notice, recipient_hash: str
+) -> Notification | None:
+    """Fold ``notice`` into a still-queued row with ``key``; None when there is none.
+
+    PostgreSQL: the candidate is locked with SKIP LOCKED, so a row a worker is claiming is
+    left alone (a fresh row is queued instead). SQLite: the write transaction already holds
+    the database lock. Either way the update is a compare-and-set on ``state = 'queued'``.
+    """
+    q = (
+        select(Notification)
+        .where(
+            Notification.coalesce_key == key,
+            Notification.state == "queued",
+            Notification.claimed_by.is_(None),
+            Notification.recipient_domain_hash == recipient_hash,
+        )
+        .order_by(Notification.created_at.desc())
+        .limit(1)
+    )
+    if session.bind is not None and session.bind.dialect.name == "postgresql":
+        q = q.with_for_update(skip_locked=True)
+    row = await session.scalar(q)
+    if row is None:
+        return None
+    result = await session.execute(
+        update(Notification)
+        .where(Notification.id == row.id, Notification.state == "queued")
+        .values(context=merge(row.context, notice))
+        .execution_options(synchronize_session=False)
+    )
+    if getattr(result, "rowcount", 0) != 1:
+        return None
+    await session.refresh(row)
+    return row
+
+
 async def enqueue(
     session: AsyncSession,
     keyring: KeyRing,
@@ -95,9 +161,21 @@ async def enqueue(
     patient_id: str | None = None,
     staff_id: str | None = None,
     coalesce_key: str | None = None,
+    coalesce_seconds: int = DEFAULT_COALESCE_SECONDS,
 ) -> Notification:
-    """Validate the address strictly and write one queued row (in the caller's transaction)."""
+    """Validate the address strictly and queue the notice (in the caller's transaction).
+
+    With a coalesce key (given, or derived for :data:`COALESCING_KINDS`), the first event is
+    held for ``coalesce_seconds`` (pass ``[delivery] coalesce_seconds``) and later events
+    with the same key fold into it while it is still queued: one email says "3 new messages".
+    """
     address = validate_address(recipient)
+    domain_hash = keyring.blind_index(domain_of(address), "domain")
+    key = coalesce_key or default_coalesce_key(notice, patient_id)
+    if key is not None:
+        existing = await _coalesce(session, key, notice, domain_hash)
+        if existing is not None:
+            return existing
     row = Notification(
         clinic_id=clinic_id,
         patient_id=patient_id,
@@ -105,12 +183,12 @@ async def enqueue(
         kind=str(notice.kind),
         language=language if language in ("en", "es") else "en",
         recipient=address,
-        recipient_domain_hash=keyring.blind_index(domain_of(address), "domain"),
+        recipient_domain_hash=domain_hash,
         context=notice.to_json(),
-        coalesce_key=coalesce_key,
+        coalesce_key=key,
         state="queued",
         attempts=0,
-        next_attempt_at=now,
+        next_attempt_at=now + timedelta(seconds=coalesce_seconds) if key else now,
         created_at=now,
     )
     session.add(row)

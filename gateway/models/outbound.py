@@ -39,3 +39,6 @@ class Notification(Base):
     bounce_token_id: Mapped[str | None] = mapped_column(ID)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Dead-letter deadline: set at the first claim from [delivery] max_age_hours; an
+    # operator's 'queue retry' restarts it.
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

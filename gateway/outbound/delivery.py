@@ -1,0 +1,290 @@
+"""Delivery workers: the ``serve`` loop's part that turns queued rows into sent email.
+
+Each worker repeats one round: claim a batch and mint its tokens in one short transaction;
+render, sign and send outside any transaction (sends run concurrently, at most
+``[delivery] per_domain_concurrency`` per recipient domain); record every outcome in one more
+transaction. A crash between the two transactions leaves rows ``sending`` with a lease that
+runs out, after which they are claimed again: at-least-once, never lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import secrets
+import socket
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway import dkim
+from gateway.models import Clinic, Notification, Patient, Pool
+from gateway.notify import OPTIONAL_KINDS, PATIENT_KINDS, Kind, Notice
+from gateway.outbound import headers, links, queue
+from gateway.outbound.render import EmailContext, Renderer, brand_color, format_when
+from gateway.outbound.transport import DeliveryError, Envelope, Transport, build_transport
+from gateway.services import Services
+
+log = logging.getLogger("carebridge.delivery")
+
+
+@dataclass
+class Job:
+    """One claimed notification with everything needed to build it outside a transaction."""
+
+    notification_id: str
+    created_at: datetime
+    domain_key: str
+    recipient: str
+    tls_required: bool
+    context: EmailContext
+    from_name: str
+    from_address: str
+    msg_id: str
+    addressing: links.Addressing
+    keys: list[dkim.SigningKey]
+    sent_at: datetime | None = None
+    error: DeliveryError | None = None
+    dead: bool = False  # our own bug (e.g. a missing template): retrying will not help
+
+
+@dataclass
+class Round:
+    jobs: list[Job] = field(default_factory=list)
+    cancelled: int = 0
+
+
+class DeliveryPart:
+    name = "delivery"
+
+    def __init__(self, services: Services, transport: Transport | None = None) -> None:
+        self.services = services
+        self.cfg = services.config.delivery
+        self.transport = transport or build_transport(services.config)
+        self.renderer = Renderer()
+        self.keys = dkim.KeyCache()
+        self.rng = random.Random()
+        self._limits: dict[str, asyncio.Semaphore] = {}
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._node = f"{socket.gethostname()[:30]}-{os.getpid()}-{secrets.token_hex(3)}"
+
+    # -- part life cycle ------------------------------------------------------------------
+    async def start(self) -> None:
+        self._stopping = False
+        self._tasks = [
+            asyncio.create_task(self._loop(f"{self._node}-{i}"), name=f"delivery-{i}")
+            for i in range(max(1, self.cfg.workers))
+        ]
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        await self.transport.close()
+
+    def wake(self) -> None:
+        """New work was queued: idle workers look now instead of at the next poll."""
+        self._wake.set()
+
+    async def _loop(self, worker: str) -> None:
+        while not self._stopping:
+            # Cleared before looking, so work queued during the round is not slept through.
+            self._wake.clear()
+            try:
+                done = await self.run_once(worker)
+            except Exception as exc:
+                # Never the message: exceptions from drivers may quote values.
+                log.error("delivery round failed: %s", type(exc).__name__)
+                done = 0
+            if done == 0 and not self._stopping:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.cfg.poll_seconds)
+
+    # -- one round ------------------------------------------------------------------------
+    async def run_once(self, worker: str = "worker") -> int:
+        """Claim, send and record one batch; returns how many rows it handled."""
+        now = self.services.clock.now()
+        async with self.services.transaction() as session:
+            claimed = await queue.claim(
+                session, self.cfg, worker=worker, now=now, limit=self.cfg.claim_batch
+            )
+            if not claimed:
+                return 0
+            batch = await self._prepare(session, claimed, worker, now)
+        await asyncio.gather(*(self._deliver(job) for job in batch.jobs))
+        await self._record(batch.jobs, worker)
+        return len(claimed)
+
+    async def _prepare(
+        self, session: AsyncSession, rows: list[Notification], worker: str, now: datetime
+    ) -> Round:
+        out = Round()
+        clinics: dict[str, Clinic] = {}
+        for row in rows:
+            clinic = clinics.get(row.clinic_id) or await session.get(Clinic, row.clinic_id)
+            assert clinic is not None
+            clinics[clinic.id] = clinic
+            kind = Kind(row.kind)
+            if await _switched_off(session, row, kind):
+                await queue.record_cancelled(session, row.id, worker=worker, reason="unsubscribed")
+                self.services.metrics.deliveries.labels(outcome="cancelled").inc()
+                out.cancelled += 1
+                continue
+            domain = links.sending_domain(clinic, self.services.config)
+            key_rows = await dkim.active_keys(session, clinic.id, domain)
+            if not key_rows:
+                log.warning("clinic %s had no DKIM keys for its sending domain: created", clinic.id)
+                key_rows = await dkim.ensure_domain_keys(session, clinic, now=now)
+            addressing = await links.mint(session, self.services.config, row, clinic, now)
+            row.message_id = headers.message_id(row.id, domain)
+            row.bounce_token_id = addressing.bounce_token_id
+            pool_name = None
+            notice = Notice.from_json(row.context)
+            if notice.pool_id:
+                pool = await session.get(Pool, notice.pool_id)
+                pool_name = pool.name if pool is not None else None
+            ctx = EmailContext(
+                audience="patient" if row.patient_id and kind in PATIENT_KINDS else "staff",
+                kind=row.kind,
+                lang=row.language,
+                clinic_name=clinic.name,
+                clinic_phone=clinic.phone,
+                brand_color=brand_color(clinic.branding or {}),
+                count=notice.count,
+                urgent_count=notice.urgent_count,
+                link=addressing.link,
+                unsubscribe_link=addressing.unsubscribe_link,
+                reply_allowed=addressing.reply_to is not None,
+                expected_reply=format_when(notice.expected_reply_at, clinic.timezone, row.language),
+                reopens=format_when(notice.reopens_at, clinic.timezone, row.language),
+                pool_name=pool_name,
+            )
+            out.jobs.append(
+                Job(
+                    notification_id=row.id,
+                    created_at=row.created_at,
+                    domain_key=row.recipient_domain_hash,
+                    recipient=row.recipient,
+                    tls_required=clinic.tls_required,
+                    context=ctx,
+                    from_name=clinic.name,
+                    from_address=f"{self.cfg.from_local_part}@{domain}",
+                    msg_id=row.message_id,
+                    addressing=addressing,
+                    keys=[self.keys.get(k) for k in key_rows],
+                )
+            )
+        return out
+
+    def build(self, job: Job) -> bytes:
+        """Render, add headers and sign: the exact bytes that go on the wire."""
+        rendered = self.renderer.render(job.context)
+        message = headers.build(
+            rendered,
+            from_name=job.from_name,
+            from_address=job.from_address,
+            to=job.recipient,
+            msg_id=job.msg_id,
+            date=self.services.clock.now(),
+            reply_to=job.addressing.reply_to,
+            unsubscribe_link=job.addressing.unsubscribe_link,
+        )
+        started = time.perf_counter()
+        signed = dkim.sign(message, job.keys)
+        self.services.metrics.dkim_sign_seconds.observe(time.perf_counter() - started)
+        return signed
+
+    async def _deliver(self, job: Job) -> None:
+        try:
+            data = self.build(job)
+        except Exception as exc:
+            job.error = DeliveryError(
+                f"cannot build message ({type(exc).__name__})", permanent=False
+            )
+            job.dead = True
+            log.error("notification %s could not be built: %s", job.notification_id, job.error)
+            return
+        limit = self._limits.setdefault(
+            job.domain_key, asyncio.Semaphore(max(1, self.cfg.per_domain_concurrency))
+        )
+        envelope = Envelope(
+            mail_from=job.addressing.mail_from,
+            recipient=job.recipient,
+            data=data,
+            tls_required=job.tls_required,
+            ident=job.notification_id,
+        )
+        async with limit:
+            try:
+                await self.transport.send(envelope)
+            except DeliveryError as exc:
+                job.error = exc
+                return
+            except Exception as exc:
+                job.error = DeliveryError(f"send: {type(exc).__name__}", permanent=False)
+                return
+        job.sent_at = self.services.clock.now()
+
+    async def _record(self, jobs: list[Job], worker: str) -> None:
+        now = self.services.clock.now()
+        metrics = self.services.metrics
+        async with self.services.transaction() as session:
+            for job in jobs:
+                if job.error is None:
+                    assert job.sent_at is not None
+                    row = await queue.record_sent(
+                        session, job.notification_id, worker=worker, accepted_at=job.sent_at
+                    )
+                    metrics.deliveries.labels(outcome="sent").inc()
+                    metrics.delivery_latency.observe(
+                        max(0.0, (job.sent_at - job.created_at).total_seconds())
+                    )
+                    log.info("notification %s sent", job.notification_id)
+                    continue
+                row = await queue.record_failure(
+                    session,
+                    job.notification_id,
+                    worker=worker,
+                    error=str(job.error)[:500],
+                    permanent=job.error.permanent,
+                    dead=job.dead,
+                    now=now,
+                    cfg=self.cfg,
+                    rng=self.rng,
+                )
+                state = row.state if row is not None else "lost-lease"
+                metrics.deliveries.labels(outcome=state).inc()
+                log.info(
+                    "notification %s %s attempt=%s: %s",
+                    job.notification_id,
+                    state,
+                    row.attempts if row is not None else "?",
+                    job.error,
+                )
+                if row is not None and state == "bounced" and row.patient_id:
+                    await _mark_undeliverable(session, row.patient_id, str(job.error))
+
+
+async def _switched_off(session: AsyncSession, row: Notification, kind: Kind) -> bool:
+    if row.patient_id is None or kind not in OPTIONAL_KINDS:
+        return False
+    patient = await session.get(Patient, row.patient_id)
+    prefs = (patient.notification_prefs if patient is not None else None) or {}
+    return prefs.get(str(kind), True) is False
+
+
+async def _mark_undeliverable(session: AsyncSession, patient_id: str, error: str) -> None:
+    """A 5xx at our own SMTP session produces no DSN, so note it here for the desk."""
+    patient = await session.get(Patient, patient_id)
+    if patient is not None:
+        patient.deliverability = "policy" if " 5.7." in f" {error}" else "hard"

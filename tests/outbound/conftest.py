@@ -1,0 +1,158 @@
+"""Real peers on loopback for outbound tests: an SMTP sink that records every byte it
+receives in clear, a DNS server (dnslib) for DKIM keys and MX records, and a test CA."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import trustme
+from aiosmtpd.smtp import SMTP, Envelope, Session
+from dnslib import MX, QTYPE, RR, TXT
+from dnslib.server import BaseResolver, DNSLogger, DNSServer
+
+from gateway.services import Services
+
+
+@dataclass
+class Sink:
+    """What the sink saw: raw cleartext bytes of every session, and accepted messages."""
+
+    port: int = 0
+    raw: bytearray = field(default_factory=bytearray)
+    messages: list[tuple[str, list[str], bytes]] = field(default_factory=list)
+    # Reply to RCPT TO (None: accept); e.g. "451 4.3.0 Try again later".
+    rcpt_reply: str | None = None
+    received: asyncio.Event = field(default_factory=asyncio.Event)
+    rcpt_attempts: int = 0
+
+
+class _Handler:
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: Any
+    ) -> str:
+        self.sink.rcpt_attempts += 1
+        if self.sink.rcpt_reply:
+            return self.sink.rcpt_reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        data = envelope.original_content or envelope.content
+        assert isinstance(data, bytes)
+        self.sink.messages.append((str(envelope.mail_from), list(envelope.rcpt_tos), data))
+        self.sink.received.set()
+        return "250 2.0.0 Accepted"
+
+
+def _recording_smtp(sink: Sink) -> type[SMTP]:
+    class RecordingSMTP(SMTP):  # type: ignore[misc]
+        # Only bytes before STARTTLS reach this method: afterwards aiosmtpd hands the
+        # transport to its TLS protocol. So ``raw`` is exactly what crossed in clear.
+        def data_received(self, data: bytes) -> None:
+            sink.raw.extend(data)
+            super().data_received(data)
+
+    return RecordingSMTP
+
+
+@pytest.fixture
+def tls_ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def start_sink() -> Iterator[Callable[..., Any]]:
+    servers: list[asyncio.Server] = []
+
+    async def start(*, tls_ca: trustme.CA | None = None, rcpt_reply: str | None = None) -> Sink:
+        sink = Sink(rcpt_reply=rcpt_reply)
+        context = None
+        if tls_ca is not None:
+            cert = tls_ca.issue_cert("127.0.0.1", "localhost")
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            cert.configure_cert(context)
+        cls = _recording_smtp(sink)
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: cls(_Handler(sink), hostname="sink.test", tls_context=context),
+            "127.0.0.1",
+            0,
+        )
+        servers.append(server)
+        sink.port = server.sockets[0].getsockname()[1]
+        return sink
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+@pytest.fixture
+async def sink(start_sink: Callable[..., Any]) -> Sink:
+    result: Sink = await start_sink()
+    return result
+
+
+class _Zone(BaseResolver):  # type: ignore[misc]
+    def __init__(self) -> None:
+        self.txt: dict[str, str] = {}
+        self.mx: dict[str, list[tuple[int, str]]] = {}
+
+    def resolve(self, request: Any, handler: Any) -> Any:
+        reply = request.reply()
+        qname = str(request.q.qname).rstrip(".").lower()
+        qtype = QTYPE[request.q.qtype]
+        if qtype == "TXT" and qname in self.txt:
+            value = self.txt[qname].encode()
+            # TXT strings are at most 255 bytes: an RSA-2048 key needs two.
+            chunks = [value[i : i + 255] for i in range(0, len(value), 255)]
+            reply.add_answer(RR(request.q.qname, QTYPE.TXT, rdata=TXT(chunks), ttl=60))
+        elif qtype == "MX" and qname in self.mx:
+            for pref, host in self.mx[qname]:
+                reply.add_answer(RR(request.q.qname, QTYPE.MX, rdata=MX(host, pref), ttl=60))
+        return reply
+
+
+@dataclass
+class Dns:
+    zone: _Zone
+    port: int
+
+    @property
+    def nameserver(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+@pytest.fixture
+def dns_server() -> Iterator[Dns]:
+    zone = _Zone()
+    logger = DNSLogger(logf=lambda *a: None)
+    udp = DNSServer(zone, address="127.0.0.1", port=0, logger=logger)
+    port = udp.server.server_address[1]
+    tcp = DNSServer(zone, address="127.0.0.1", port=port, tcp=True, logger=logger)
+    udp.start_thread()
+    tcp.start_thread()
+    yield Dns(zone, port)
+    for server in (udp, tcp):
+        server.stop()
+        server.server.server_close()
+
+
+@pytest.fixture
+def relay_to(with_config: Callable[..., Services]) -> Callable[..., Services]:
+    """Services whose delivery goes through an SMTP relay on loopback (no maildir)."""
+
+    def make(services: Services, port: int, **delivery: Any) -> Services:
+        return with_config(
+            services, delivery={"relay": f"127.0.0.1:{port}", "maildir": "", **delivery}
+        )
+
+    return make

@@ -1,0 +1,49 @@
+"""Small helpers shared by the outbound tests."""
+
+from __future__ import annotations
+
+from email import message_from_bytes
+from email.message import Message
+
+from sqlalchemy import select
+
+from gateway import dkim
+from gateway.models import Clinic, DkimKey, Notification
+from gateway.outbound.delivery import DeliveryPart
+from gateway.services import Services
+
+
+async def publish_keys(services: Services, clinic: Clinic, zone: object) -> list[DkimKey]:
+    """Create the clinic's DKIM keys and publish them in the test DNS zone."""
+    async with services.transaction() as s:
+        c = await s.get(Clinic, clinic.id)
+        assert c is not None
+        rows = await dkim.ensure_domain_keys(s, c, now=services.clock.now())
+    for row in rows:
+        name = f"{row.selector}._domainkey.{row.domain}"
+        zone.txt[name] = dkim.dns_txt((row.algorithm, row.public_key))  # type: ignore[attr-defined]
+    return rows
+
+
+async def deliver_all(services: Services, part: DeliveryPart | None = None) -> DeliveryPart:
+    """Run delivery rounds until nothing is due (the part's transport is closed after)."""
+    own = part is None
+    part = part or DeliveryPart(services)
+    try:
+        while await part.run_once("test-worker"):
+            pass
+    finally:
+        if own:
+            await part.transport.close()
+    return part
+
+
+async def notification(services: Services, notification_id: str) -> Notification:
+    async with services.sessions() as s:
+        row = await s.scalar(select(Notification).where(Notification.id == notification_id))
+        assert row is not None
+        return row
+
+
+def parse(data: bytes) -> Message:
+    return message_from_bytes(data)
