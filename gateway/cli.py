@@ -19,7 +19,7 @@ import click
 import typer
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from gateway import audit, clinics, db, domains_cli, keys, patients, staff
+from gateway import apikey_cli, audit, clinics, db, domains_cli, keys, patients, staff
 from gateway.config import Config, load_config
 from gateway.crypto import KeyRing, load_keyring, write_keyring
 from gateway.errors import CarebridgeError, KeyFileError, UsageError
@@ -47,6 +47,7 @@ app.add_typer(clinic_app, name="clinic")
 app.add_typer(staff_app, name="staff")
 app.add_typer(patient_app, name="patient")
 app.add_typer(domains_cli.app, name="domain")
+app.add_typer(apikey_cli.app, name="apikey")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 

@@ -385,3 +385,71 @@ async def close_thread(
     await session.flush()
     await audit.record(session, f"staff:{staff.id}", "thread.close", "thread", thread.id, at=now)
     return thread
+
+
+async def post_clinic_message(
+    session: AsyncSession,
+    services: Services,
+    *,
+    patient: Patient,
+    clinic: Clinic,
+    body: str,
+    subject: str | None = None,
+    thread: Thread | None = None,
+    author_kind: str = "integration",
+    author_id: str | None = None,
+    source: str = "api",
+    actor: str,
+) -> Message:
+    """A message from the clinic that no patient request started (e.g. a provider's note
+    pushed by the EHR): opens a thread if none is given. No SLA clock: nobody owes a reply."""
+    _check_text(body, "message", MAX_BODY_CHARS)
+    now = services.clock.now()
+    if thread is None:
+        _check_text(subject or "", "subject", MAX_SUBJECT_CHARS)
+        pool, _ = await route(session, clinic.id, "question")
+        thread = Thread(
+            clinic_id=clinic.id,
+            patient_id=patient.id,
+            pool_id=pool.id if pool else None,
+            request_type="question",
+            subject=subject or "",
+            status="open",
+            urgent=False,
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(thread)
+        await session.flush()
+    elif thread.patient_id != patient.id:
+        raise NotFoundError("no such thread for this patient")
+    message = Message(
+        thread_id=thread.id,
+        author_kind=author_kind,
+        author_id=author_id,
+        body=body,
+        internal=False,
+        source=source,
+        created_at=now,
+    )
+    session.add(message)
+    thread.patient_unread = True
+    thread.updated_at = now
+    stop_clock(thread)
+    await session.flush()
+    await audit.record(
+        session, actor, "thread.clinic_message", "thread", thread.id, at=now, message_id=message.id
+    )
+    if _wants(patient, Kind.NEW_MESSAGE):
+        await enqueue(
+            session,
+            services.keyring,
+            notice=Notice(kind=Kind.NEW_MESSAGE, thread_id=thread.id),
+            clinic_id=clinic.id,
+            recipient=patient.email,
+            now=now,
+            language=patient.language,
+            patient_id=patient.id,
+            coalesce_key=f"new_message:{patient.id}",
+        )
+    return message

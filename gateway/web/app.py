@@ -6,7 +6,7 @@ from fastapi import FastAPI
 
 from gateway.services import Services
 from gateway.templating import build_environment
-from gateway.web import health, metrics, pages
+from gateway.web import api, health, metrics, pages
 from gateway.web.security import SecurityHeaders
 from gateway.web.sessions import SessionMiddleware
 
@@ -17,13 +17,14 @@ def create_app(services: Services) -> FastAPI:
         version="0.1.0",
         docs_url=None,
         redoc_url=None,
-        openapi_url="/api/v1/openapi.json",
+        openapi_url=None,  # the API documents itself at /api/v1/openapi.json
     )
     app.state.services = services
     app.state.templates = build_environment()
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(pages.router)
+    app.mount("/api/v1", api.create_api(services))
     app.add_middleware(SessionMiddleware, services=services)
     app.add_middleware(SecurityHeaders)
     return app
