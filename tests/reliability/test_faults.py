@@ -65,7 +65,7 @@ async def test_refused_commit_answers_451_never_250(services: Services, world, s
 
     event.listen(services.engine.sync_engine, "commit", refuse)
     try:
-        mid, raw = reply_mail(rw.patient.email, rw.address)
+        _mid, raw = reply_mail(rw.patient.email, rw.address)
         with pytest.raises(aiosmtplib.SMTPDataError) as caught:
             await _send(smtp.port, rw.patient.email, rw.address, raw)
         assert caught.value.code == 451, caught.value
@@ -173,7 +173,7 @@ async def _disk_full_story(services: Services, world, disk: Path) -> None:
         filler = _fill(disk)
         # Bigger than any slack SQLite could still have in its pages (in RFC-length lines).
         big = ("x" * 70 + "\r\n") * 3000
-        mid, raw = reply_mail(rw.patient.email, rw.address, big)
+        _mid, raw = reply_mail(rw.patient.email, rw.address, big)
         with pytest.raises(aiosmtplib.SMTPResponseException) as caught:
             await _send(part.port, rw.patient.email, rw.address, raw)
         assert caught.value.code == 451, caught.value
