@@ -1,0 +1,217 @@
+"""Completing registration from the emailed link, and resetting a forgotten password.
+
+The link's GET only looks (``tokens.peek``): mail scanners fetch links, and a fetch must
+change nothing. The patient's POST consumes the token, records agreement to one terms version,
+marks the address verified (only its owner could have received the link), sets an argon2id
+password that zxcvbn judges strong enough, and optionally an authenticator (TOTP). The link
+never signs anyone in: the patient then signs in with the password they just chose.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import pyotp
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from zxcvbn import zxcvbn
+
+from gateway import audit, patients, throttle, tokens
+from gateway.addresses import index_form
+from gateway.errors import InvalidAddressError, UsageError
+from gateway.models import Clinic, Patient, Token, WebSession
+from gateway.notify import Kind, Notice, enqueue
+from gateway.passwords import hash_password
+from gateway.portal import terms
+from gateway.services import Services
+
+log = logging.getLogger("carebridge.portal.signup")
+
+MIN_LENGTH = 10
+MIN_SCORE = 3  # zxcvbn 0..4: 3 is "safely unguessable" against online attacks
+
+
+class FormProblem(UsageError):
+    """One field was filled in wrongly; ``code`` picks the translated message."""
+
+    def __init__(self, field: str, code: str, detail: str = "") -> None:
+        super().__init__(f"{field}: {code}")
+        self.field, self.code, self.detail = field, code, detail
+
+
+def password_problem(password: str, confirm: str, user_inputs: list[str]) -> FormProblem | None:
+    """Why a new password is refused, or None."""
+    if password != confirm:
+        return FormProblem("password", "mismatch")
+    if len(password) < MIN_LENGTH:
+        return FormProblem("password", "short")
+    if len(password) > 256:
+        return FormProblem("password", "long")
+    verdict = zxcvbn(password[:100], user_inputs=[u for u in user_inputs if u])
+    if verdict["score"] < MIN_SCORE:
+        feedback = verdict.get("feedback") or {}
+        return FormProblem("password", "weak", str(feedback.get("warning") or ""))
+    return None
+
+
+@dataclass(frozen=True)
+class LinkView:
+    token: Token
+    patient: Patient
+    clinic: Clinic
+
+
+async def view_link(session: AsyncSession, services: Services, value: str) -> LinkView | None:
+    """What the registration page shows. Never consumes or changes anything."""
+    row = await tokens.peek(session, value, "registration", services.clock.now())
+    if row is None or row.subject_kind != "patient":
+        return None
+    patient = await session.get(Patient, row.subject_id)
+    if patient is None:
+        return None
+    clinic_id = row.data.get("clinic_id") if row.data else None
+    clinic = await session.get(Clinic, clinic_id) if clinic_id else None
+    if clinic is None:
+        enrolment = await patients.current_enrolment(session, patient.id)
+        clinic = await session.get(Clinic, enrolment.clinic_id) if enrolment else None
+    if clinic is None:
+        return None
+    return LinkView(row, patient, clinic)
+
+
+def _user_inputs(patient: Patient) -> list[str]:
+    local = patient.email.rpartition("@")[0]
+    return [patient.given_name, patient.family_name, local, str(patient.date_of_birth.year)]
+
+
+async def complete_registration(
+    services: Services,
+    value: str,
+    *,
+    agree: bool,
+    terms_version: str,
+    password: str,
+    confirm: str,
+    totp_secret: str = "",
+    totp_code: str = "",
+) -> str:
+    """Check the form, then consume the link and activate the account; return the patient id."""
+    now = services.clock.now()
+    async with services.transaction() as s:
+        view = await view_link(s, services, value)
+        if view is None:
+            raise FormProblem("token", "invalid")
+        if not agree or terms_version != terms.CURRENT:
+            raise FormProblem("agree", "required")
+        problem = password_problem(password, confirm, _user_inputs(view.patient))
+        if problem is not None:
+            raise problem
+        secret = totp_secret.strip() if totp_code.strip() else ""
+        if secret and not _totp_ok(secret, totp_code, services):
+            raise FormProblem("code", "totp")
+        await tokens.consume(s, value, "registration", now)
+        patient = view.patient
+        patient.terms_version = terms.CURRENT
+        patient.terms_agreed_at = now
+        if patient.email_verified_at is None:
+            patient.email_verified_at = now
+        patient.password_hash = hash_password(password)
+        if secret:
+            patient.totp_secret = secret
+        if patient.status == "pending":
+            patient.status = "active"
+        await audit.record(
+            s,
+            f"patient:{patient.id}",
+            "patient.register",
+            "patient",
+            patient.id,
+            at=now,
+            terms_version=terms.CURRENT,
+            totp=bool(secret),
+            token_id=view.token.id,
+        )
+        log.info("registration completed patient=%s", patient.id)
+        return patient.id
+
+
+def _totp_ok(secret: str, code: str, services: Services) -> bool:
+    try:
+        return pyotp.TOTP(secret).verify(
+            code.strip(), for_time=services.clock.now(), valid_window=1
+        )
+    except (ValueError, TypeError):  # a tampered secret that is not base32
+        return False
+
+
+def new_totp_secret() -> str:
+    return pyotp.random_base32()
+
+
+async def request_reset(services: Services, email: str) -> None:
+    """Queue a reset email if an active account has this address; silent otherwise."""
+    now = services.clock.now()
+    try:
+        normal = index_form(email.strip())
+    except InvalidAddressError:
+        return
+    key = services.keyring.blind_index(normal, "reset")
+    async with services.transaction() as s:
+        if await throttle.hit(s, throttle.RESET, key, now) is not None:
+            return
+        idx = patients.email_index(services.keyring, normal)
+        found = (
+            await s.scalars(
+                select(Patient).where(Patient.email_index == idx, Patient.password_hash != "")
+            )
+        ).all()
+        for patient in found:
+            enrolment = await patients.current_enrolment(s, patient.id)
+            if enrolment is None or patient.status == "disabled":
+                continue
+            await enqueue(
+                s,
+                services.keyring,
+                notice=Notice(kind=Kind.PASSWORD_RESET),
+                clinic_id=enrolment.clinic_id,
+                recipient=patient.email,
+                now=now,
+                language=patient.language,
+                patient_id=patient.id,
+            )
+            await audit.record(
+                s, "anonymous", "patient.reset_requested", "patient", patient.id, at=now
+            )
+
+
+async def reset_link_valid(session: AsyncSession, services: Services, value: str) -> Patient | None:
+    row = await tokens.peek(session, value, "password_reset", services.clock.now())
+    if row is None or row.subject_kind != "patient":
+        return None
+    return await session.get(Patient, row.subject_id)
+
+
+async def complete_reset(services: Services, value: str, password: str, confirm: str) -> str:
+    """Set a new password from a reset link; ends every session of the account."""
+    now = services.clock.now()
+    async with services.transaction() as s:
+        patient = await reset_link_valid(s, services, value)
+        if patient is None:
+            raise FormProblem("token", "invalid")
+        problem = password_problem(password, confirm, _user_inputs(patient))
+        if problem is not None:
+            raise problem
+        await tokens.consume(s, value, "password_reset", now)
+        await tokens.revoke_for_subject(s, "patient", patient.id, "password_reset", now)
+        patient.password_hash = hash_password(password)
+        patient.failed_logins, patient.locked_until = 0, None
+        await s.execute(
+            delete(WebSession).where(
+                WebSession.principal_kind == "patient", WebSession.principal_id == patient.id
+            )
+        )
+        await audit.record(
+            s, f"patient:{patient.id}", "patient.password_reset", "patient", patient.id, at=now
+        )
+        return patient.id
