@@ -40,3 +40,44 @@ async def post_form(
     page = await client.get(form_path)
     assert page.status_code == 200, page.status_code
     return await client.post(action or form_path, data={**data, "csrf_token": csrf_of(page.text)})
+
+
+STRONG_PASSWORD = "violet tractor umbrella 93"
+
+
+async def active_patient(services: Services, clinic: object, **kw: object) -> object:
+    """A registered patient (terms agreed, email verified, password set), as after /r/."""
+    from datetime import date
+
+    from gateway import patients
+    from gateway.passwords import hash_password
+
+    kw.setdefault("given_name", "Pat")
+    kw.setdefault("family_name", "Example")
+    kw.setdefault("date_of_birth", date(1980, 4, 23))
+    kw.setdefault("email", "pat@example.org")
+    async with services.transaction() as s:
+        result = await patients.enroll(
+            s,
+            services.keyring,
+            clinic=clinic,
+            source="desk",
+            actor="test",
+            **kw,  # type: ignore[arg-type]
+        )
+        p = result.patient
+        now = services.clock.now()
+        p.email_verified_at = p.terms_agreed_at = now
+        p.terms_version = "2026-01"
+        p.password_hash = hash_password(STRONG_PASSWORD)
+        p.status = "active"
+        return p
+
+
+async def patient_sign_in(client: httpx.AsyncClient, email: str) -> None:
+    page = await client.get("/portal/login")
+    r = await client.post(
+        "/portal/login",
+        data={"csrf_token": csrf_of(page.text), "email": email, "password": STRONG_PASSWORD},
+    )
+    assert r.status_code == 303, r.text
