@@ -118,6 +118,7 @@ class Intake:
         self._tasks: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._recovered = False
 
     @property
     def commits(self) -> int:
@@ -234,7 +235,12 @@ class Intake:
             await self._idle.wait()
 
     async def recover(self) -> int:
-        """Process every message stored but not yet processed (after a crash or restart)."""
+        """Process every message stored but not yet processed (after a crash or restart).
+
+        Runs once per Intake however many parts share it."""
+        if self._recovered:
+            return 0
+        self._recovered = True
         async with self.services.sessions() as session:
             ids = (
                 await session.scalars(

@@ -60,9 +60,16 @@ class Dns:
 def dns_server() -> Iterator[Dns]:
     resolver = DictResolver()
     quiet = DNSLogger(logf=lambda *a: None)
-    udp = DNSServer(resolver, address="127.0.0.1", port=0, logger=quiet)
-    port = udp.server.server_address[1]
-    tcp = DNSServer(resolver, address="127.0.0.1", port=port, tcp=True, logger=quiet)
+    for _ in range(50):  # the UDP port's TCP twin may be taken by another process
+        udp = DNSServer(resolver, address="127.0.0.1", port=0, logger=quiet)
+        port = udp.server.server_address[1]
+        try:
+            tcp = DNSServer(resolver, address="127.0.0.1", port=port, tcp=True, logger=quiet)
+            break
+        except OSError:
+            udp.server.server_close()
+    else:
+        pytest.fail("no free port pair for the test DNS server")
     udp.start_thread()
     tcp.start_thread()
     try:
