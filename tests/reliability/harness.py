@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import re
 import time
@@ -166,10 +167,8 @@ async def chaos(
     for _ in range(kills):
         if node.proc is None:
             await node.start()
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(done.wait(), rng.uniform(*up))
-        except TimeoutError:
-            pass
         await node.kill()
     await node.start()
 
