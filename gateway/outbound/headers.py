@@ -22,6 +22,10 @@ from email.utils import format_datetime
 
 from gateway.outbound.render import Rendered
 
+# CRLF line ends; headers are not folded below RFC 5322's 998 limit, so a long Message-ID
+# or List-Unsubscribe stays one line (some receivers mis-read folded identifiers).
+POLICY = SMTP.clone(max_line_length=998)
+
 
 def message_id(notification_id: str, domain: str) -> str:
     return f"<{notification_id}.{secrets.token_hex(6)}@{domain}>"
@@ -39,7 +43,7 @@ def build(
     unsubscribe_link: str | None = None,
 ) -> bytes:
     """The complete message as bytes with CRLF line ends, ready to be DKIM-signed."""
-    msg = EmailMessage(policy=SMTP)
+    msg = EmailMessage(policy=POLICY)
     local, _, domain = from_address.rpartition("@")
     msg["From"] = Address(display_name=from_name, username=local, domain=domain)
     msg["To"] = to
@@ -55,4 +59,4 @@ def build(
         msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     msg.set_content(rendered.text, cte="quoted-printable")
     msg.add_alternative(rendered.html, subtype="html", cte="quoted-printable")
-    return msg.as_bytes(policy=SMTP)
+    return msg.as_bytes(policy=POLICY)

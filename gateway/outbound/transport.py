@@ -12,6 +12,7 @@ must verify (system CAs plus ``[delivery] tls_ca_file``).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import ssl
@@ -126,21 +127,26 @@ class SmtpTransport:
         self._opportunistic.verify_mode = ssl.CERT_NONE
         self._resolver = _resolver(config)
 
-    async def targets(self, domain: str) -> list[tuple[str, int]]:
+    async def targets(self, domain: str) -> list[tuple[str, int, str]]:
+        """(address to connect to, port, name the certificate must carry), best first."""
         relay = self.config.delivery.relay
         if relay:
             host, _, relay_port = relay.rpartition(":")
-            return [(host, int(relay_port))]
+            return [(host, int(relay_port), host)]
         port = self.config.delivery.mx_port
-        return [(mx, port) for mx in await mx_hosts(self._resolver, domain)]
+        out: list[tuple[str, int, str]] = []
+        for mx in await mx_hosts(self._resolver, domain):
+            # Addresses come from the configured resolver too, not the system's.
+            out += [(ip, port, mx) for ip in await addresses(self._resolver, mx)]
+        return out
 
     async def send(self, envelope: Envelope) -> None:
         domain = envelope.recipient.rpartition("@")[2]
         hosts = await self.targets(domain)
         last: DeliveryError | None = None
-        for host, port in hosts:
+        for host, port, tls_name in hosts:
             try:
-                await self._send_via(host, port, envelope)
+                await self._send_via(host, port, tls_name, envelope)
                 return
             except DeliveryError as exc:
                 # A reply from a server is its answer; only network trouble tries the next MX.
@@ -149,9 +155,9 @@ class SmtpTransport:
                 last = exc
         raise last or DeliveryError("no host to deliver to", permanent=False)
 
-    async def _send_via(self, host: str, port: int, envelope: Envelope) -> None:
+    async def _send_via(self, host: str, port: int, tls_name: str, envelope: Envelope) -> None:
         verify = envelope.tls_required
-        conn = await self._checkout(host, port, verify)
+        conn = await self._checkout(host, port, tls_name, verify)
         if envelope.tls_required and not conn.tls:
             await _quit(conn.client)
             raise DeliveryError("peer offers no STARTTLS and TLS is required", permanent=False)
@@ -166,7 +172,7 @@ class SmtpTransport:
         else:
             await _quit(conn.client)
 
-    async def _checkout(self, host: str, port: int, verify: bool) -> _Conn:
+    async def _checkout(self, host: str, port: int, tls_name: str, verify: bool) -> _Conn:
         pool = self._idle.get((host, port, verify))
         while pool:
             conn = pool.pop()
@@ -185,7 +191,7 @@ class SmtpTransport:
             tls = False
             if client.supports_extension("starttls"):
                 context = self._verified if verify else self._opportunistic
-                await client.starttls(tls_context=context, server_hostname=host)
+                await client.starttls(tls_context=context, server_hostname=tls_name)
                 await client.ehlo()
                 tls = True
         except (TimeoutError, aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
@@ -242,6 +248,23 @@ async def mx_hosts(resolver: dns.asyncresolver.Resolver, domain: str) -> Sequenc
         # Null MX (RFC 7505): the domain accepts no mail.
         raise DeliveryError("recipient domain accepts no mail (null MX)", permanent=True, code=556)
     return hosts
+
+
+async def addresses(resolver: dns.asyncresolver.Resolver, host: str) -> list[str]:
+    """IPv4 then IPv6 addresses of an MX host; an IP literal is returned as it is."""
+    try:
+        ipaddress.ip_address(host)
+        return [host]
+    except ValueError:
+        pass
+    found: list[str] = []
+    for rdtype in ("A", "AAAA"):
+        try:
+            answer = await resolver.resolve(host, rdtype)
+        except dns.exception.DNSException:
+            continue
+        found += [r.to_text() for r in answer]
+    return found
 
 
 def build_transport(config: Config) -> Transport:

@@ -9,6 +9,7 @@ from gateway.templating import build_environment
 from gateway.web import api, desk, health, metrics, pages, portal, portal_public
 from gateway.web.security import SecurityHeaders
 from gateway.web.sessions import SessionMiddleware
+from gateway.web.unsubscribe import router as unsubscribe_router
 
 
 def create_app(services: Services) -> FastAPI:
@@ -23,6 +24,7 @@ def create_app(services: Services) -> FastAPI:
     app.state.templates = build_environment()
     app.include_router(health.router)
     app.include_router(metrics.router)
+    app.include_router(unsubscribe_router)
     app.include_router(pages.router)
     app.include_router(portal_public.router)
     app.include_router(portal.router)

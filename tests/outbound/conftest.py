@@ -1,18 +1,19 @@
-"""Real peers on loopback for outbound tests: an SMTP sink that records every byte it
-receives in clear, a DNS server (dnslib) for DKIM keys and MX records, and a test CA."""
+"""Real peers on loopback for outbound tests: an SMTP sink behind a wiretap that records
+every byte of every session as it crossed the wire, a DNS server (dnslib) for DKIM keys
+and MX records, and a test CA."""
 
 from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 import trustme
 from aiosmtpd.smtp import SMTP, Envelope, Session
-from dnslib import MX, QTYPE, RR, TXT
+from dnslib import MX, QTYPE, RR, TXT, A
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
 from gateway.services import Services
@@ -24,6 +25,7 @@ class Sink:
 
     port: int = 0
     raw: bytearray = field(default_factory=bytearray)
+    raw_replies: bytearray = field(default_factory=bytearray)
     messages: list[tuple[str, list[str], bytes]] = field(default_factory=list)
     # Reply to RCPT TO (None: accept); e.g. "451 4.3.0 Try again later".
     rcpt_reply: str | None = None
@@ -52,15 +54,29 @@ class _Handler:
         return "250 2.0.0 Accepted"
 
 
-def _recording_smtp(sink: Sink) -> type[SMTP]:
-    class RecordingSMTP(SMTP):  # type: ignore[misc]
-        # Only bytes before STARTTLS reach this method: afterwards aiosmtpd hands the
-        # transport to its TLS protocol. So ``raw`` is exactly what crossed in clear.
-        def data_received(self, data: bytes) -> None:
-            sink.raw.extend(data)
-            super().data_received(data)
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, log: bytearray) -> None:
+    try:
+        while data := await reader.read(65536):
+            log.extend(data)
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        writer.close()
 
-    return RecordingSMTP
+
+def _wiretap(sink: Sink, upstream_port: int) -> Callable[..., Any]:
+    """A TCP proxy in front of the sink: ``sink.raw`` gets every byte the client sent, as it
+    crossed the wire (ciphertext after STARTTLS), ``sink.raw_replies`` the server's."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", upstream_port)
+        await asyncio.gather(
+            _pump(reader, up_writer, sink.raw), _pump(up_reader, writer, sink.raw_replies)
+        )
+
+    return handle
 
 
 @pytest.fixture
@@ -79,15 +95,17 @@ def start_sink() -> Iterator[Callable[..., Any]]:
             cert = tls_ca.issue_cert("127.0.0.1", "localhost")
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             cert.configure_cert(context)
-        cls = _recording_smtp(sink)
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
-            lambda: cls(_Handler(sink), hostname="sink.test", tls_context=context),
+            lambda: SMTP(_Handler(sink), hostname="sink.test", tls_context=context),
             "127.0.0.1",
             0,
         )
-        servers.append(server)
-        sink.port = server.sockets[0].getsockname()[1]
+        tap = await asyncio.start_server(
+            _wiretap(sink, server.sockets[0].getsockname()[1]), "127.0.0.1", 0
+        )
+        servers.extend([tap, server])
+        sink.port = tap.sockets[0].getsockname()[1]
         return sink
 
     yield start
@@ -105,6 +123,8 @@ class _Zone(BaseResolver):  # type: ignore[misc]
     def __init__(self) -> None:
         self.txt: dict[str, str] = {}
         self.mx: dict[str, list[tuple[int, str]]] = {}
+        self.a: dict[str, list[str]] = {}
+        self.nxdomain: set[str] = set()
 
     def resolve(self, request: Any, handler: Any) -> Any:
         reply = request.reply()
@@ -118,6 +138,11 @@ class _Zone(BaseResolver):  # type: ignore[misc]
         elif qtype == "MX" and qname in self.mx:
             for pref, host in self.mx[qname]:
                 reply.add_answer(RR(request.q.qname, QTYPE.MX, rdata=MX(host, pref), ttl=60))
+        elif qtype == "A" and qname in self.a:
+            for ip in self.a[qname]:
+                reply.add_answer(RR(request.q.qname, QTYPE.A, rdata=A(ip), ttl=60))
+        elif qname in self.nxdomain:
+            reply.header.rcode = 3  # NXDOMAIN
         return reply
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from email import message_from_bytes
-from email.message import Message
+from email import message_from_bytes, policy
+from email.message import EmailMessage
 
 from sqlalchemy import select
 
@@ -45,5 +45,13 @@ async def notification(services: Services, notification_id: str) -> Notification
         return row
 
 
-def parse(data: bytes) -> Message:
-    return message_from_bytes(data)
+def parse(data: bytes) -> EmailMessage:
+    msg = message_from_bytes(data, policy=policy.default)
+    assert isinstance(msg, EmailMessage)
+    return msg
+
+
+def text_of(msg: EmailMessage) -> str:
+    body = msg.get_body(("plain",))
+    assert body is not None
+    return str(body.get_content())
