@@ -32,6 +32,8 @@ def free_port() -> int:
 
 
 def _toml_value(v: object) -> str:
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, int | float):
@@ -56,6 +58,7 @@ class Node:
     store_url: str
     keys_file: Path
     relay: str
+    nameserver: str  # a loopback DNS server: the gateway must never ask the internet
     extra: dict[str, dict[str, object]] = field(default_factory=dict)
     smtp_port: int = field(default_factory=free_port)
     web_port: int = field(default_factory=free_port)
@@ -87,6 +90,7 @@ class Node:
                 "base_backoff_seconds": 1,
                 "max_backoff_seconds": 2,
             },
+            "dns": {"nameservers": [self.nameserver], "timeout_seconds": 1.0},
             "log": {"level": "WARNING"},
         }
         for name, values in self.extra.items():

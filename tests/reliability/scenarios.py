@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.reliability.dns import LoopbackDns
 from tests.reliability.harness import (
     InboundLoad,
     NotificationLoad,
@@ -61,7 +62,8 @@ async def run_crash(
     store_url = f"sqlite+aiosqlite:///{workdir}/cb.db"
     keys_file, seeded = await prepare_store(workdir, store_url, patients)
     sink = await Sink().start()
-    node = Node("node1", workdir, store_url, keys_file, sink.address)
+    dns = LoopbackDns().start()
+    node = Node("node1", workdir, store_url, keys_file, sink.address, dns.nameserver)
     services = await open_store(store_url, keys_file)
     started = time.monotonic()
     try:
@@ -91,6 +93,7 @@ async def run_crash(
         await node.kill()
         await services.close()
         await sink.stop()
+        dns.stop()
 
 
 @dataclass
@@ -150,7 +153,8 @@ async def run_soak(
     store_url = f"sqlite+aiosqlite:///{workdir}/cb.db"
     keys_file, seeded = await prepare_store(workdir, store_url, patients)
     sink = await Sink().start()
-    node = Node("soak", workdir, store_url, keys_file, sink.address)
+    dns = LoopbackDns().start()
+    node = Node("soak", workdir, store_url, keys_file, sink.address, dns.nameserver)
     services = await open_store(store_url, keys_file)
     try:
         await node.start()
@@ -194,3 +198,4 @@ async def run_soak(
         await node.kill()
         await services.close()
         await sink.stop()
+        dns.stop()

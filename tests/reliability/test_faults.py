@@ -36,8 +36,8 @@ class CommitRefused(Exception):
 
 
 @pytest.fixture
-async def smtp(services: Services) -> AsyncIterator[SmtpPart]:
-    part = SmtpPart(services)
+async def smtp(rservices: Services) -> AsyncIterator[SmtpPart]:
+    part = SmtpPart(rservices)
     await part.start()
     try:
         yield part
@@ -143,7 +143,7 @@ def _fill(path: Path) -> Path:
     return filler
 
 
-async def test_disk_full_answers_451_and_recovers(tmp_path, make_config, clock):
+async def test_disk_full_answers_451_and_recovers(tmp_path, make_config, clock, dns):
     """SQLite only: the store's own file system runs out of space under a live SMTP part."""
     if os.geteuid() != 0 or shutil.which("mount") is None:
         pytest.skip("mounting a small tmpfs needs root and mount(8)")
@@ -154,7 +154,9 @@ async def test_disk_full_answers_451_and_recovers(tmp_path, make_config, clock):
         url = f"sqlite+aiosqlite:///{disk}/cb.db"
         await asyncio.to_thread(db.upgrade, url)
         services = await open_services(
-            make_config(store_url=url), keyring=KeyRing.generate(), clock=clock
+            make_config(store_url=url, dns={"nameservers": [dns.nameserver]}),
+            keyring=KeyRing.generate(),
+            clock=clock,
         )
         try:
             await _disk_full_story(services, World(services), disk)
