@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -37,6 +37,17 @@ from gateway.web.problems import ApiProblem, Problem
 Id = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 Name = Annotated[str, Field(min_length=1, max_length=100)]
 
+
+def _iso_text(value: Any) -> Any:
+    # JSON has no date type: only an ISO string is a date (pydantic would take 0 as 1970).
+    if not isinstance(value, str):
+        raise ValueError("expected an ISO 8601 string")
+    return value
+
+
+IsoDate = Annotated[date, BeforeValidator(_iso_text)]
+IsoDateTime = Annotated[AwareDatetime, BeforeValidator(_iso_text)]
+
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": Problem, "content": {problems.MEDIA_TYPE: {}}}
     for code in (400, 401, 403, 404, 409, 422)
@@ -51,7 +62,7 @@ class EnrolIn(Strict):
     clinic: str = Field(min_length=1, max_length=64, description="The clinic's slug.")
     given_name: Name
     family_name: Name
-    date_of_birth: date
+    date_of_birth: IsoDate
     email: str = Field(min_length=3, max_length=254)
     language: Literal["en", "es"] = "en"
 
@@ -77,11 +88,11 @@ class ResultIn(Strict):
     kind: Literal["lab", "imaging", "test"] = "lab"
     title: str = Field(min_length=1, max_length=200)
     data: dict[str, Any] = Field(default_factory=dict)
-    sensitive: bool = False
-    release: bool = Field(
+    sensitive: StrictBool = False
+    release: StrictBool = Field(
         default=True, description="False holds the result until a clinician releases it."
     )
-    collected_at: AwareDatetime | None = None
+    collected_at: IsoDateTime | None = None
 
 
 class ResultOut(BaseModel):
@@ -91,7 +102,7 @@ class ResultOut(BaseModel):
 
 class AppointmentIn(Strict):
     patient_id: str = Field(min_length=1, max_length=64)
-    starts_at: AwareDatetime
+    starts_at: IsoDateTime
     external_id: str | None = Field(default=None, min_length=1, max_length=64)
 
 
