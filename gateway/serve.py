@@ -77,10 +77,17 @@ def build_parts(services: Services) -> list[Part]:
     parts: list[Part] = []
     if cfg.web.enabled:
         parts.append(WebPart(services))
+    if cfg.delivery.enabled:
+        from gateway.outbound.delivery import DeliveryPart
+
+        parts.append(DeliveryPart(services))
     if cfg.scheduler.enabled:
         from gateway.scheduler import SchedulerPart
 
         parts.append(SchedulerPart(services))
+    from gateway.inbound.parts import inbound_parts
+
+    parts.extend(inbound_parts(services))
     return parts
 
 
