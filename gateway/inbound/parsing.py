@@ -59,7 +59,7 @@ def dedupe_key(message_id: str | None, raw: bytes, route_key: str) -> str:
     return hashlib.sha256(basis + b"\x00" + route_key.encode()).hexdigest()
 
 
-def _parse(raw: bytes) -> EmailMessage:
+def parse_sync(raw: bytes) -> EmailMessage:
     msg = BytesParser(policy=policy.default).parsebytes(raw)
     assert isinstance(msg, EmailMessage)
     return msg
@@ -70,7 +70,7 @@ async def parse(raw: bytes, *, max_header_bytes: int, deadline: float) -> EmailM
     header_block(raw, max_header_bytes)
     try:
         async with asyncio.timeout(deadline):
-            return await asyncio.to_thread(_parse, raw)
+            return await asyncio.to_thread(parse_sync, raw)
     except TimeoutError:
         raise MalformedMessage("parse_timeout") from None
     except Exception:  # the stdlib parser is lenient; anything it raises is a malformed input
