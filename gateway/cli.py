@@ -19,11 +19,12 @@ import click
 import typer
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from gateway import apikey_cli, audit, clinics, db, domains_cli, keys, patients, staff
+from gateway import apikey_cli, audit, clinics, db, domains_cli, keys, patients, registration, staff
 from gateway.config import Config, load_config
 from gateway.crypto import KeyRing, load_keyring, write_keyring
 from gateway.errors import CarebridgeError, KeyFileError, UsageError
 from gateway.logs import setup_logging
+from gateway.outbound import cli as queue_cli
 from gateway.services import Services, open_services
 
 T = TypeVar("T")
@@ -48,6 +49,7 @@ app.add_typer(staff_app, name="staff")
 app.add_typer(patient_app, name="patient")
 app.add_typer(domains_cli.app, name="domain")
 app.add_typer(apikey_cli.app, name="apikey")
+app.add_typer(queue_cli.app, name="queue")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
@@ -361,10 +363,15 @@ def patient_enroll(
                 actor="cli",
                 language=language,
             )
+            if result.patient.status == "pending":
+                await registration.invite(s, services, patient=result.patient, clinic=c)
+            return result
 
     result = run_with_services(ctx, go)
     what = "enrolled" if result.created else "existing account enrolled"
     typer.echo(f"patient {result.patient.id} {what} at {clinic}")
+    if result.patient.status == "pending":
+        typer.echo("registration email queued")
 
 
 @patient_app.command("list")

@@ -10,7 +10,7 @@ from datetime import date
 
 from sqlalchemy import select
 
-from gateway import clinics, patients, staff
+from gateway import clinics, patients, registration, staff
 from gateway.models import Clinic
 from gateway.services import Services
 
@@ -62,10 +62,29 @@ async def seed(services: Services) -> list[str]:
             source="demo",
             actor="demo",
         )
+        invitation = await registration.invite(s, services, patient=result.patient, clinic=clinic)
         lines += [
             f"seeded clinic '{DEMO_CLINIC}' (enrolment code {clinic.enrolment_code})",
             "staff sign-in: admin@riverside.example, rivera@riverside.example, "
             f"desk@riverside.example, password {password}",
             f"demo patient {result.patient.id} enrolled",
         ]
+    lines += await _deliver_now(services, invitation.id)
     return lines
+
+
+async def _deliver_now(services: Services, notification_id: str) -> list[str]:
+    """With [delivery] maildir set, write the invitation now so it can be opened at once."""
+    directory = services.config.delivery.maildir
+    if not directory:
+        return [f"registration email queued (notification {notification_id})"]
+    from gateway.outbound.delivery import DeliveryPart
+
+    part = DeliveryPart(services)
+    try:
+        while await part.run_once("demo"):
+            pass
+    finally:
+        await part.transport.close()
+    path = services.config.path(directory) / f"{notification_id}.eml"
+    return [f"registration email written to {path} (open it to finish registering)"]

@@ -1,0 +1,108 @@
+"""``carebridge queue``: an operator inspects and repairs the outbound queue from a shell.
+
+Runs the real command in a subprocess against the test's store. No output ever contains a
+recipient address; mistakes get one line and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import update
+
+from gateway.models import Notification
+from gateway.registration import invite
+
+CARBRIDGE = [sys.executable, "-c", "from gateway.cli import main; main()"]
+
+
+async def _run(config: Path, *args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *CARBRIDGE,
+        "--config",
+        str(config),
+        "queue",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def test_status_list_show_retry_purge(services, world, tmp_path):
+    config = tmp_path / "cli.toml"
+    config.write_text(
+        f'[store]\nurl = "{services.config.store.url}"\n'
+        f'[keys]\nfile = "{tmp_path / "keys.json"}"\n'
+        f'[delivery]\nmaildir = "{tmp_path / "outbox"}"\n'
+    )
+    clinic = await world.clinic()
+    pats = [await world.patient(clinic) for _ in range(3)]
+    async with services.transaction() as s:
+        rows = [await invite(s, services, patient=p, clinic=clinic) for p in pats]
+        await s.execute(
+            update(Notification)
+            .where(Notification.id == rows[0].id)
+            .values(state="failed", last_error="451 send refused 4.3.0", attempts=7)
+        )
+        await s.execute(
+            update(Notification).where(Notification.id == rows[1].id).values(state="sent")
+        )
+    outputs = []
+
+    code, out, _ = await _run(config, "status", "--json")
+    outputs.append(out)
+    assert code == 0
+    status = json.loads(out)
+    assert status["counts"]["failed"] == 1 and status["counts"]["queued"] == 1
+
+    code, out, _ = await _run(config, "list", "--state", "failed", "--json")
+    outputs.append(out)
+    listed = json.loads(out)
+    assert [r["id"] for r in listed] == [rows[0].id]
+    assert listed[0]["last_error"] == "451 send refused 4.3.0"
+
+    code, out, _ = await _run(config, "show", rows[0].id, "--json")
+    outputs.append(out)
+    shown = json.loads(out)
+    assert shown["attempts"] == 7 and shown["kind"] == "registration_invitation"
+    assert "recipient" not in shown
+
+    code, out, _ = await _run(config, "list")
+    outputs.append(out)
+    assert code == 0 and "registration_invitation" in out
+
+    code, out, _ = await _run(config, "retry", "--state", "failed")
+    assert (code, out.strip()) == (0, "1 notification(s) queued again")
+    code, out, _ = await _run(config, "purge", "--older-than-days", "0", "--state", "sent")
+    assert (code, out.strip()) == (0, "1 notification(s) purged")
+    code, out, _ = await _run(config, "status", "--json")
+    counts = json.loads(out)["counts"]
+    assert (counts["queued"], counts["failed"], counts["sent"]) == (2, 0, 0)
+
+    for output in outputs:
+        for p in pats:
+            assert p.email not in output
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+async def test_mistakes_get_one_line_and_exit_2(services, tmp_path):
+    config = tmp_path / "cli.toml"
+    config.write_text(
+        f'[store]\nurl = "{services.config.store.url}"\n[keys]\nfile = "{tmp_path / "keys.json"}"\n'
+    )
+    for args, expected in (
+        (("retry",), "name notification ids"),
+        (("list", "--state", "lost"), "unknown state 'lost'"),
+        (("show", "nope"), "no notification 'nope'"),
+        (("purge", "--state", "queued"), "only finished rows can be purged"),
+    ):
+        code, out, err = await _run(config, *args)
+        assert code == 2, (args, out, err)
+        assert expected in err and "Traceback" not in err
+        assert len(err.strip().splitlines()) == 1
