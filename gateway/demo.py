@@ -10,7 +10,7 @@ from datetime import date
 
 from sqlalchemy import select
 
-from gateway import clinics, patients, registration, staff
+from gateway import clinics, dkim, patients, registration, staff
 from gateway.models import Clinic
 from gateway.services import Services
 
@@ -62,6 +62,8 @@ async def seed(services: Services) -> list[str]:
             source="demo",
             actor="demo",
         )
+        # Keys before the first email, as 'carebridge domain add' would make them.
+        await dkim.ensure_domain_keys(s, clinic, now=services.clock.now())
         invitation = await registration.invite(s, services, patient=result.patient, clinic=clinic)
         lines += [
             f"seeded clinic '{DEMO_CLINIC}' (enrolment code {clinic.enrolment_code})",

@@ -25,6 +25,8 @@ from gateway.outbound.render import Rendered
 # CRLF line ends; headers are not folded below RFC 5322's 998 limit, so a long Message-ID
 # or List-Unsubscribe stays one line (some receivers mis-read folded identifiers).
 POLICY = SMTP.clone(max_line_length=998)
+# Body parts are encoded under this one: quoted-printable lines of at most 76 (RFC 2045).
+ENCODE = SMTP.clone(max_line_length=76)
 
 
 def message_id(notification_id: str, domain: str) -> str:
@@ -43,7 +45,9 @@ def build(
     unsubscribe_link: str | None = None,
 ) -> bytes:
     """The complete message as bytes with CRLF line ends, ready to be DKIM-signed."""
-    msg = EmailMessage(policy=POLICY)
+    # Parts are encoded under ENCODE; the final rendering uses POLICY, which only changes
+    # how headers are folded.
+    msg = EmailMessage(policy=ENCODE)
     local, _, domain = from_address.rpartition("@")
     msg["From"] = Address(display_name=from_name, username=local, domain=domain)
     msg["To"] = to

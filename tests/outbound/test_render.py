@@ -81,3 +81,26 @@ def test_brand_colour_must_be_plain_hex():
     assert brand_color({"color": "#12ab9F"}) == "#12ab9F"
     assert brand_color({"color": "red;background:url(x)"}) == "#1f5f8b"
     assert brand_color({}) == "#1f5f8b"
+
+
+def test_wire_format_keeps_identifiers_on_one_line_and_body_lines_short():
+    from datetime import UTC, datetime
+
+    from gateway.outbound import headers
+
+    rendered = Renderer().render(_context("patient", Kind.NEW_MESSAGE, "en"))
+    domain = "a-rather-long-sending-domain-name.clinic.example"
+    msg_id = headers.message_id("f" * 32, domain)
+    data = headers.build(
+        rendered,
+        from_name="Riverside",
+        from_address=f"notifications@{domain}",
+        to="p@example.org",
+        msg_id=msg_id,
+        date=datetime(2026, 3, 2, tzinfo=UTC),
+        unsubscribe_link="https://portal.example/u/" + "x" * 40,
+    )
+    assert f"\r\nMessage-ID: {msg_id}\r\n".encode() in data
+    _head, _, body = data.partition(b"\r\n\r\n")
+    assert b"\n" not in data.replace(b"\r\n", b"")  # CRLF only
+    assert max(len(line) for line in body.split(b"\r\n")) <= 76
