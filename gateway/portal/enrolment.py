@@ -21,10 +21,10 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway import audit, patients, throttle
-from gateway.registration import invite
 from gateway.addresses import index_form
 from gateway.errors import InvalidAddressError, UsageError
 from gateway.models import Clinic, Patient
+from gateway.registration import invite
 from gateway.services import Services
 
 log = logging.getLogger("carebridge.portal.enrolment")

@@ -272,6 +272,9 @@ async def test_preferences_switch_off_optional_emails_and_language(
         and row.notification_prefs["new_result"] is True
     )
     assert 'lang="es"' in (await client.get("/portal")).text
+    page = await client.get("/portal/compose/question")
+    assert "Los mensajes se responden en un día hábil." in page.text
+    await client.get("/lang/en", params={"next": "/portal"})
     await compose(client, "question", {"subject": "Hola", "message": "Una pregunta"})
     thread = await only_thread(services)
     async with services.transaction() as s:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
 import pyotp
@@ -23,15 +23,19 @@ PASSWORD = "correct horse battery staple 42"
 
 def add_probes(app: FastAPI) -> None:
     @app.get("/staff/probe")
-    async def staff_probe(p: Principal = Depends(require_staff("nurse"))) -> dict[str, str]:
+    async def staff_probe(
+        p: Annotated[Principal, Depends(require_staff("nurse"))],
+    ) -> dict[str, str]:
         return {"kind": p.kind, "id": p.id}
 
     @app.get("/staff/admin-probe")
-    async def admin_probe(p: Principal = Depends(require_staff("clinic_admin"))) -> dict[str, str]:
+    async def admin_probe(
+        p: Annotated[Principal, Depends(require_staff("clinic_admin"))],
+    ) -> dict[str, str]:
         return {"kind": p.kind}
 
     @app.get("/portal/probe")
-    async def patient_probe(p: Principal = Depends(require_patient)) -> dict[str, str]:
+    async def patient_probe(p: Annotated[Principal, Depends(require_patient)]) -> dict[str, str]:
         return {"kind": p.kind}
 
 
@@ -55,7 +59,7 @@ async def test_sign_in_sets_httponly_lax_cookie_and_audits(
     assert (await client.get("/staff/probe")).status_code == 303
     r = await staff_sign_in(client, "nurse@clinic.example")
     assert r.status_code == 303 and r.headers["location"] == "/staff"
-    set_cookie = [h for h in r.headers.get_list("set-cookie") if h.startswith("cb_session=")][0]
+    set_cookie = next(h for h in r.headers.get_list("set-cookie") if h.startswith("cb_session="))
     assert "HttpOnly" in set_cookie and "SameSite=Lax" in set_cookie
     assert "Secure" not in set_cookie  # base_url is http in tests
     assert (await client.get("/staff/probe")).json() == {"kind": "staff", "id": nurse.id}
@@ -75,7 +79,7 @@ async def test_cookie_is_secure_when_base_url_is_https(
     transport = httpx.ASGITransport(app=create_app(svc))
     async with httpx.AsyncClient(transport=transport, base_url="https://testserver") as c:
         r = await staff_sign_in(c, "n2@clinic.example")
-    cookie = [h for h in r.headers.get_list("set-cookie") if h.startswith("cb_session=")][0]
+    cookie = next(h for h in r.headers.get_list("set-cookie") if h.startswith("cb_session="))
     assert "Secure" in cookie
 
 
@@ -91,7 +95,7 @@ async def test_post_without_matching_csrf_token_is_refused(
         await client.post("/staff/login", data={**data, "csrf_token": "x" * 43})
     ).status_code == 403
     # A token minted for another browser is worthless here.
-    other = httpx.AsyncClient(transport=client._transport, base_url="http://testserver")  # noqa: SLF001
+    other = httpx.AsyncClient(transport=client._transport, base_url="http://testserver")
     async with other:
         foreign = csrf_of((await other.get("/staff/login")).text)
     assert (
