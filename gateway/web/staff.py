@@ -1,0 +1,430 @@
+"""The staff workspace: pool queues, threads, replies, notes, results, and clinic set-up.
+
+Behind ``require_staff`` (portal helper's sessions): staff see their own clinic only, an
+operator any clinic. Queues are sorted urgent first, then by SLA deadline. Every read of a
+thread and every write is audited (ids only). Page titles never carry PHI (they end up in
+browser history); the thread page shows the patient's identity because staff must know whom
+they are answering, and only to signed-in staff of that clinic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway import audit, pools, sla, threads
+from gateway.errors import CarebridgeError, UsageError
+from gateway.models import Clinic, Patient, Pool, Result, Staff, Thread
+from gateway.models.org import REQUEST_TYPES
+from gateway.services import Services
+from gateway.web import sessions
+from gateway.web.health import services_of
+from gateway.web.pages import render
+from gateway.web.sessions import Principal
+
+router = APIRouter(prefix="/staff", include_in_schema=False)
+CSRF = [Depends(sessions.check_csrf)]
+AnyStaff = Annotated[Principal, Depends(sessions.require_staff())]
+ClinicAdmin = Annotated[Principal, Depends(sessions.require_staff("clinic_admin", "operator"))]
+Clinician = Annotated[
+    Principal, Depends(sessions.require_staff("provider", "nurse", "clinic_admin", "operator"))
+]
+
+
+@dataclass(frozen=True)
+class QueueRow:
+    thread: Thread
+    due_local: str
+    overdue: bool
+    assignee: str
+
+
+def local(when: datetime | None, clinic: Clinic | None) -> str:
+    """A time in the clinic's own timezone, as staff read it."""
+    if when is None:
+        return ""
+    tz = sla.parse_timezone(clinic.timezone if clinic else "UTC")
+    return when.astimezone(tz).strftime("%a %d %b %H:%M %Z")
+
+
+async def _me(s: AsyncSession, principal: Principal) -> Staff:
+    me = await s.get(Staff, principal.id)
+    if me is None or not me.active:
+        raise HTTPException(status_code=403, detail="Your account is not active.")
+    return me
+
+
+async def _clinic_for(s: AsyncSession, me: Staff, clinic_id: str | None = None) -> Clinic:
+    """The clinic a page is about: always the staff member's own unless an operator."""
+    wanted = clinic_id if me.role == "operator" and clinic_id else me.clinic_id
+    clinic = await s.get(Clinic, wanted) if wanted else None
+    if clinic is None:
+        raise HTTPException(status_code=404, detail="No such clinic.")
+    return clinic
+
+
+async def _thread(s: AsyncSession, me: Staff, thread_id: str) -> Thread:
+    thread = await s.get(Thread, thread_id)
+    if thread is None or not threads.staff_may_act(me, thread):
+        raise HTTPException(status_code=404, detail="No such thread.")
+    return thread
+
+
+async def _names(s: AsyncSession, ids: set[str | None]) -> dict[str, str]:
+    wanted = [i for i in ids if i]
+    if not wanted:
+        return {}
+    rows = await s.scalars(select(Staff).where(Staff.id.in_(wanted)))
+    return {m.id: m.name for m in rows}
+
+
+# -- home and queues ---------------------------------------------------------------------
+
+
+@router.get("", response_class=HTMLResponse)
+async def home(request: Request, principal: AnyStaff, clinic: str = "") -> Response:
+    services = services_of(request)
+    async with services.transaction() as s:
+        me = await _me(s, principal)
+        if me.role == "operator" and not clinic:
+            clinics = list(await s.scalars(select(Clinic).order_by(Clinic.slug)))
+            return render(request, "staff/clinics.html.j2", clinics=clinics, me=me)
+        here = await _clinic_for(s, me, await _clinic_id(s, clinic))
+        rows = []
+        for pool in await pools.pools_of(s, here.id):
+            queue = await pools.queue(s, pool.id)
+            now = services.clock.now()
+            rows.append(
+                {
+                    "pool": pool,
+                    "open": len(queue),
+                    "urgent": sum(1 for t in queue if t.urgent),
+                    "overdue": sum(1 for t in queue if t.sla_due_at and t.sla_due_at <= now),
+                    "mine": sum(1 for t in queue if t.assigned_staff_id == me.id),
+                }
+            )
+        await audit.record(s, principal.actor, "staff.home_view", "clinic", here.id)
+    return render(request, "staff/home.html.j2", me=me, clinic=here, rows=rows)
+
+
+async def _clinic_id(s: AsyncSession, slug: str) -> str | None:
+    if not slug:
+        return None
+    return await s.scalar(select(Clinic.id).where(Clinic.slug == slug))
+
+
+@router.get("/pools/{pool_id}", response_class=HTMLResponse)
+async def pool_queue(
+    request: Request, pool_id: str, principal: AnyStaff, closed: bool = False
+) -> Response:
+    services = services_of(request)
+    async with services.transaction() as s:
+        me = await _me(s, principal)
+        pool = await s.get(Pool, pool_id)
+        if pool is None or (me.role != "operator" and pool.clinic_id != me.clinic_id):
+            raise HTTPException(status_code=404, detail="No such pool.")
+        clinic = await s.get(Clinic, pool.clinic_id)
+        queue = await pools.queue(s, pool.id, include_closed=closed)
+        names = await _names(s, {t.assigned_staff_id for t in queue})
+        now = services.clock.now()
+        rows = [
+            QueueRow(
+                thread=t,
+                due_local=local(t.sla_due_at, clinic),
+                overdue=bool(t.sla_due_at and t.sla_due_at <= now),
+                assignee=names.get(t.assigned_staff_id or "", ""),
+            )
+            for t in queue
+        ]
+        await audit.record(s, principal.actor, "pool.view", "pool", pool.id, rows=len(rows))
+        return render(
+            request,
+            "staff/queue.html.j2",
+            me=me,
+            pool=pool,
+            clinic=clinic,
+            rows=rows,
+            closed=closed,
+        )
+
+
+# -- a thread ----------------------------------------------------------------------------
+
+
+async def _thread_page(
+    request: Request,
+    s: AsyncSession,
+    services: Services,
+    me: Staff,
+    thread: Thread,
+    *,
+    error: str | None = None,
+    draft: str = "",
+    quick: str = "",
+    status_code: int = 200,
+) -> HTMLResponse:
+    clinic = await s.get(Clinic, thread.clinic_id)
+    patient = await s.get(Patient, thread.patient_id)
+    messages = await threads.messages_of(s, thread.id, include_internal=True)
+    names = await _names(s, {m.author_id for m in messages if m.author_kind == "staff"})
+    colleagues = list(
+        await s.scalars(
+            select(Staff)
+            .where(Staff.clinic_id == thread.clinic_id, Staff.active.is_(True))
+            .order_by(Staff.created_at)
+        )
+    )
+    replies = list(await pools.quick_replies(s, thread.clinic_id))
+    if quick and not draft:
+        chosen = next((r for r in replies if r.id == quick), None)
+        draft = chosen.body if chosen else ""
+    held = list(
+        await s.scalars(
+            select(Result)
+            .where(Result.patient_id == thread.patient_id, Result.released_at.is_(None))
+            .order_by(Result.created_at)
+        )
+    )
+    pool = await s.get(Pool, thread.pool_id) if thread.pool_id else None
+    await audit.record(s, f"staff:{me.id}", "thread.view", "thread", thread.id)
+    return render(
+        request,
+        "staff/thread.html.j2",
+        status_code=status_code,
+        me=me,
+        thread=thread,
+        clinic=clinic,
+        patient=patient,
+        pool=pool,
+        messages=messages,
+        names=names,
+        colleagues=colleagues,
+        quick_replies=replies,
+        held_results=held,
+        draft=draft,
+        error=error,
+        local=lambda when: local(when, clinic),
+    )
+
+
+@router.get("/threads/{thread_id}", response_class=HTMLResponse)
+async def thread_page(
+    request: Request, thread_id: str, principal: AnyStaff, quick: str = ""
+) -> Response:
+    services = services_of(request)
+    async with services.transaction() as s:
+        me = await _me(s, principal)
+        thread = await _thread(s, me, thread_id)
+        return await _thread_page(request, s, services, me, thread, quick=quick)
+
+
+def _back(thread_id: str) -> RedirectResponse:
+    return RedirectResponse(f"/staff/threads/{thread_id}", status_code=303)
+
+
+async def _form(request: Request) -> dict[str, str]:
+    form = await request.form()
+    return {k: v for k, v in form.items() if isinstance(v, str)}
+
+
+@router.post("/threads/{thread_id}/reply", dependencies=CSRF)
+async def reply(request: Request, thread_id: str, principal: AnyStaff) -> Response:
+    """Answer the patient (stops the SLA clock) or, with ``internal``, add a staff-only note."""
+    services = services_of(request)
+    form = await _form(request)
+    body, internal = form.get("body", ""), form.get("internal") == "1"
+    async with services.sessions() as s, s.begin():
+        me = await _me(s, principal)
+        thread = await _thread(s, me, thread_id)
+        try:
+            async with s.begin_nested():
+                await threads.post_staff_message(
+                    s, services, thread=thread, staff=me, body=body, internal=internal
+                )
+        except CarebridgeError as exc:
+            return await _thread_page(
+                request, s, services, me, thread, error=str(exc), draft=body, status_code=422
+            )
+    return _back(thread_id)
+
+
+@router.post("/threads/{thread_id}/assign", dependencies=CSRF)
+async def assign(request: Request, thread_id: str, principal: AnyStaff) -> Response:
+    """Claim (``staff_id`` = me), hand to a colleague, or release (empty)."""
+    services = services_of(request)
+    form = await _form(request)
+    async with services.sessions() as s, s.begin():
+        me = await _me(s, principal)
+        thread = await _thread(s, me, thread_id)
+        wanted = form.get("staff_id", "")
+        assignee = await s.get(Staff, wanted) if wanted else None
+        if wanted and assignee is None:
+            raise HTTPException(status_code=422, detail="Choose a colleague from the list.")
+        try:
+            async with s.begin_nested():
+                await threads.assign(s, services, thread=thread, staff=me, assignee=assignee)
+        except CarebridgeError as exc:
+            return await _thread_page(
+                request, s, services, me, thread, error=str(exc), status_code=422
+            )
+    return _back(thread_id)
+
+
+@router.post("/threads/{thread_id}/close", dependencies=CSRF)
+async def close(request: Request, thread_id: str, principal: AnyStaff) -> Response:
+    services = services_of(request)
+    async with services.transaction() as s:
+        me = await _me(s, principal)
+        thread = await _thread(s, me, thread_id)
+        await threads.close_thread(s, services, thread=thread, staff=me)
+    return _back(thread_id)
+
+
+@router.post("/results/{result_id}/release", dependencies=CSRF)
+async def release(request: Request, result_id: str, principal: Clinician) -> Response:
+    """Release a held result to the patient (queues the PHI-free "new result" notice)."""
+    from gateway.portal.results import release_result
+
+    services = services_of(request)
+    form = await _form(request)
+    async with services.transaction() as s:
+        me = await _me(s, principal)
+        result = await s.get(Result, result_id)
+        if result is None or (me.role != "operator" and result.clinic_id != me.clinic_id):
+            raise HTTPException(status_code=404, detail="No such result.")
+        if result.sensitive and me.role not in ("provider", "operator"):
+            raise HTTPException(status_code=403, detail="A provider must release this result.")
+        await release_result(s, services, result, actor=principal.actor)
+    back = form.get("thread_id", "")
+    return _back(back) if back else RedirectResponse("/staff", status_code=303)
+
+
+# -- clinic set-up (clinic admins) ---------------------------------------------------------
+
+
+async def _setup_page(
+    request: Request,
+    s: AsyncSession,
+    me: Staff,
+    clinic: Clinic,
+    *,
+    error: str | None = None,
+    status_code: int = 200,
+) -> HTMLResponse:
+    all_pools = list(await pools.pools_of(s, clinic.id))
+    members = {p.id: list(await pools.members_of(s, p.id)) for p in all_pools}
+    staff = list(
+        await s.scalars(
+            select(Staff).where(Staff.clinic_id == clinic.id).order_by(Staff.created_at)
+        )
+    )
+    return render(
+        request,
+        "staff/setup.html.j2",
+        status_code=status_code,
+        me=me,
+        clinic=clinic,
+        rules=await pools.rules_of(s, clinic.id),
+        unrouted=await pools.unrouted_types(s, clinic.id),
+        pools=all_pools,
+        members=members,
+        staff=staff,
+        request_types=[*REQUEST_TYPES, "*"],
+        quick_replies=list(await pools.quick_replies(s, clinic.id)),
+        error=error,
+    )
+
+
+@router.get("/setup", response_class=HTMLResponse)
+async def setup(request: Request, principal: ClinicAdmin, clinic: str = "") -> Response:
+    services = services_of(request)
+    async with services.transaction() as s:
+        me = await _me(s, principal)
+        here = await _clinic_for(s, me, await _clinic_id(s, clinic))
+        await audit.record(s, principal.actor, "setup.view", "clinic", here.id)
+        return await _setup_page(request, s, me, here)
+
+
+def _hours(value: str) -> int | None:
+    value = value.strip()
+    if not value:
+        return None
+    if not value.isdigit():
+        raise UsageError("SLA hours must be a whole number (or empty: one business day)")
+    return int(value)
+
+
+async def _apply(
+    s: AsyncSession, me: Staff, clinic: Clinic, action: str, f: dict[str, str]
+) -> None:
+    actor = f"staff:{me.id}"
+    if action == "add-rule":
+        await pools.add_rule(
+            s,
+            clinic_id=clinic.id,
+            request_type=f.get("request_type", ""),
+            pool_id=f.get("pool_id", ""),
+            sla_hours=_hours(f.get("sla_hours", "")),
+            actor=actor,
+        )
+    elif action in ("rule-up", "rule-down"):
+        offset = -1 if action == "rule-up" else 1
+        await pools.move_rule(
+            s, clinic_id=clinic.id, rule_id=f.get("rule_id", ""), offset=offset, actor=actor
+        )
+    elif action == "update-rule":
+        await pools.update_rule(
+            s,
+            clinic_id=clinic.id,
+            rule_id=f.get("rule_id", ""),
+            pool_id=f.get("pool_id", ""),
+            sla_hours=_hours(f.get("sla_hours", "")),
+            actor=actor,
+        )
+    elif action == "remove-rule":
+        await pools.remove_rule(s, clinic_id=clinic.id, rule_id=f.get("rule_id", ""), actor=actor)
+    elif action == "add-pool":
+        await pools.add_pool(
+            s, clinic_id=clinic.id, slug=f.get("slug", ""), name=f.get("name", ""), actor=actor
+        )
+    elif action in ("add-member", "remove-member", "supervisor"):
+        pool = await pools.get_pool(s, clinic.id, f.get("pool_id", ""))
+        staff_id = f.get("staff_id", "")
+        if action == "add-member":
+            await pools.add_member(s, pool=pool, staff_id=staff_id, actor=actor)
+        elif action == "remove-member":
+            await pools.remove_member(s, pool=pool, staff_id=staff_id, actor=actor)
+        else:
+            await pools.set_supervisor(s, pool=pool, staff_id=staff_id or None, actor=actor)
+    elif action == "add-quick-reply":
+        await pools.add_quick_reply(
+            s, clinic_id=clinic.id, title=f.get("title", ""), body=f.get("body", ""), actor=actor
+        )
+    elif action == "remove-quick-reply":
+        await pools.remove_quick_reply(
+            s, clinic_id=clinic.id, reply_id=f.get("reply_id", ""), actor=actor
+        )
+    else:
+        raise UsageError("unknown action")
+
+
+@router.post("/setup", dependencies=CSRF)
+async def setup_change(request: Request, principal: ClinicAdmin) -> Response:
+    services = services_of(request)
+    form = await _form(request)
+    async with services.sessions() as s, s.begin():
+        me = await _me(s, principal)
+        here = await _clinic_for(s, me, await _clinic_id(s, form.get("clinic", "")))
+        try:
+            async with s.begin_nested():
+                await _apply(s, me, here, form.get("action", ""), form)
+        except CarebridgeError as exc:
+            return await _setup_page(request, s, me, here, error=str(exc), status_code=422)
+    suffix = f"?clinic={here.slug}" if me.role == "operator" else ""
+    return RedirectResponse(f"/staff/setup{suffix}", status_code=303)

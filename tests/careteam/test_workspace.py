@@ -1,0 +1,322 @@
+"""The staff workspace over real HTTP: a nurse signs in, works the Refills queue (urgent first,
+then by deadline), writes an internal note and a reply, claims, assigns, releases a held result
+and closes; a clinic admin edits routing rules in order. Every read and write is audited."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from gateway import threads
+from gateway.models import AuditEvent, Notification, Pool, PoolMember, RoutingRule, Thread
+from gateway.notify import Kind
+from gateway.services import Services
+from gateway.web.app import create_app
+from tests.conftest import CANARY_TEXT, FakeClock, World
+
+PASSWORD = "correct horse battery staple 42"
+CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+@pytest.fixture
+async def browser(services: Services) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=create_app(services))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+        yield c
+
+
+async def sign_in(client: httpx.AsyncClient, email: str) -> None:
+    page = await client.get("/staff/login")
+    r = await client.post(
+        "/staff/login",
+        data={"email": email, "password": PASSWORD, "csrf_token": CSRF_RE.findall(page.text)[0]},
+    )
+    assert r.status_code == 303, r.text
+
+
+async def post(
+    client: httpx.AsyncClient, page: str, action: str, data: dict[str, str]
+) -> httpx.Response:
+    """Load the page a form lives on (for its CSRF token), then submit it."""
+    html = (await client.get(page)).text
+    return await client.post(action, data={**data, "csrf_token": CSRF_RE.findall(html)[0]})
+
+
+async def _pool(services: Services, clinic_id: str, slug: str) -> Pool:
+    async with services.sessions() as s:
+        pool = await s.scalar(select(Pool).where(Pool.clinic_id == clinic_id, Pool.slug == slug))
+        assert pool is not None
+        return pool
+
+
+async def _actions(services: Services) -> list[str]:
+    async with services.sessions() as s:
+        return list(await s.scalars(select(AuditEvent.action).order_by(AuditEvent.seq)))
+
+
+async def test_nurse_works_the_refills_queue(
+    services: Services, world: World, clock: FakeClock, browser: httpx.AsyncClient
+) -> None:
+    clinic = await world.clinic()
+    patient = await world.patient(clinic, given_name="Zed")
+    nurse = await world.staff(clinic, email="nurse@clinic.example", name="Nurse Ann")
+    colleague = await world.staff(clinic, name="Dr Bo", role="provider")
+    refills = await _pool(services, clinic.id, "refills")
+    async with services.transaction() as s:
+        s.add(PoolMember(pool_id=refills.id, staff_id=nurse.id))
+    made = []
+    async with services.transaction() as s:
+        for n, urgent in enumerate((False, False, True)):
+            made.append(
+                await threads.create_thread(
+                    s,
+                    services,
+                    patient=patient,
+                    clinic=clinic,
+                    request_type="medication_renewal",
+                    subject=f"refill-{n}",
+                    body=CANARY_TEXT,
+                    urgent=urgent,
+                    actor="test",
+                )
+            )
+            clock.advance(hours=1)
+    await sign_in(browser, "nurse@clinic.example")
+
+    home = await browser.get("/staff")
+    assert home.status_code == 200
+    row = re.search(
+        r'data-pool="refills">.*?data-open>(\d+)<.*?data-urgent>(\d+)<', home.text, re.S
+    )
+    assert row and row.groups() == ("3", "1")
+
+    queue = await browser.get(f"/staff/pools/{refills.id}")
+    order = re.findall(r'data-thread="([0-9a-f]+)"', queue.text)
+    assert order == [made[2].id, made[0].id, made[1].id]  # urgent, then earliest deadline
+
+    t = made[0]
+    page = await browser.get(f"/staff/threads/{t.id}")
+    assert page.status_code == 200 and CANARY_TEXT in page.text and "Zed" in page.text
+    assert "Zed" not in page.text.split("<title>")[1].split("</title>")[0]
+
+    r = await post(
+        browser,
+        f"/staff/threads/{t.id}",
+        f"/staff/threads/{t.id}/reply",
+        {"body": "internal-only-note", "internal": "1"},
+    )
+    assert r.status_code == 303
+    r = await post(
+        browser,
+        f"/staff/threads/{t.id}",
+        f"/staff/threads/{t.id}/reply",
+        {"body": "Your refill is ready"},
+    )
+    assert r.status_code == 303
+    async with services.sessions() as s:
+        visible = [m.body for m in await threads.messages_of(s, t.id, include_internal=False)]
+        assert visible == [CANARY_TEXT, "Your refill is ready"]
+        fresh = await s.get(Thread, t.id)
+        assert fresh is not None and fresh.sla_due_at is None
+        assert fresh.assigned_staff_id == nurse.id  # answering claims an unassigned thread
+        kinds = list(
+            await s.scalars(select(Notification.kind).where(Notification.patient_id == patient.id))
+        )
+        assert kinds.count(str(Kind.NEW_MESSAGE)) == 1
+    page = await browser.get(f"/staff/threads/{t.id}")
+    assert "internal-only-note" in page.text and "Internal note" in page.text
+
+    r = await post(
+        browser,
+        f"/staff/threads/{t.id}",
+        f"/staff/threads/{t.id}/assign",
+        {"staff_id": colleague.id},
+    )
+    assert r.status_code == 303
+    r = await post(browser, f"/staff/threads/{t.id}", f"/staff/threads/{t.id}/close", {})
+    assert r.status_code == 303
+    async with services.sessions() as s:
+        fresh = await s.get(Thread, t.id)
+        assert fresh is not None and fresh.status == "closed"
+        assert fresh.assigned_staff_id == colleague.id
+
+    empty = await post(
+        browser,
+        f"/staff/threads/{made[1].id}",
+        f"/staff/threads/{made[1].id}/reply",
+        {"body": "  "},
+    )
+    assert empty.status_code == 422 and "empty" in empty.text
+
+    actions = await _actions(services)
+    for wanted in (
+        "staff.home_view",
+        "pool.view",
+        "thread.view",
+        "thread.staff_note",
+        "thread.staff_message",
+        "thread.assign",
+        "thread.close",
+    ):
+        assert wanted in actions, wanted
+
+
+async def test_quick_reply_and_result_release(
+    services: Services, world: World, browser: httpx.AsyncClient
+) -> None:
+    from gateway.portal.results import add_result
+
+    clinic = await world.clinic()
+    patient = await world.patient(clinic)
+    await world.staff(clinic, email="pro@clinic.example", role="provider")
+    async with services.transaction() as s:
+        t = await threads.create_thread(
+            s,
+            services,
+            patient=patient,
+            clinic=clinic,
+            request_type="question",
+            subject="q",
+            body="b",
+            actor="test",
+        )
+        result = await add_result(
+            s,
+            services,
+            patient=patient,
+            clinic=clinic,
+            kind="lab",
+            title="Lipids",
+            data={"ldl": 3},
+            release=False,
+            actor="test",
+        )
+        from gateway import pools
+
+        qr = await pools.add_quick_reply(
+            s, clinic_id=clinic.id, title="Refill ok", body="Sent to your pharmacy.", actor="t"
+        )
+    await sign_in(browser, "pro@clinic.example")
+    page = await browser.get(f"/staff/threads/{t.id}?quick={qr.id}")
+    assert "Sent to your pharmacy.</textarea>" in page.text
+    assert "Lipids" in page.text
+    r = await post(
+        browser,
+        f"/staff/threads/{t.id}",
+        f"/staff/results/{result.id}/release",
+        {"thread_id": t.id},
+    )
+    assert r.status_code == 303
+    async with services.sessions() as s:
+        kinds = list(
+            await s.scalars(select(Notification.kind).where(Notification.patient_id == patient.id))
+        )
+        assert str(Kind.NEW_RESULT) in kinds
+    assert "result.release" in await _actions(services)
+
+
+async def test_other_clinics_and_anonymous_are_kept_out(
+    services: Services, world: World, browser: httpx.AsyncClient
+) -> None:
+    clinic = await world.clinic()
+    other = await world.clinic()
+    patient = await world.patient(other)
+    await world.staff(clinic, email="nurse@clinic.example")
+    async with services.transaction() as s:
+        t = await threads.create_thread(
+            s,
+            services,
+            patient=patient,
+            clinic=other,
+            request_type="question",
+            subject="q",
+            body="b",
+            actor="test",
+        )
+    anonymous = await browser.get(f"/staff/threads/{t.id}")
+    assert anonymous.status_code == 303 and "/staff/login" in anonymous.headers["location"]
+    await sign_in(browser, "nurse@clinic.example")
+    assert (await browser.get(f"/staff/threads/{t.id}")).status_code == 404
+    other_pool = await _pool(services, other.id, "care-team")
+    assert (await browser.get(f"/staff/pools/{other_pool.id}")).status_code == 404
+    assert (await browser.get("/staff/setup")).status_code == 403
+
+
+async def test_clinic_admin_edits_routing_in_order(
+    services: Services, world: World, browser: httpx.AsyncClient
+) -> None:
+    clinic = await world.clinic()
+    patient = await world.patient(clinic)
+    await world.staff(clinic, email="admin@clinic.example", role="clinic_admin")
+    await sign_in(browser, "admin@clinic.example")
+    page = await browser.get("/staff/setup")
+    assert page.status_code == 200
+    types = re.findall(r'data-type="([^"]+)" data-pool="([^"]+)"', page.text)
+    assert types[:2] == [("appointment", "appointments"), ("medication_renewal", "refills")]
+
+    r = await post(
+        browser,
+        "/staff/setup",
+        "/staff/setup",
+        {"action": "add-pool", "slug": "dr-x", "name": "Dr. X's team"},
+    )
+    assert r.status_code == 303
+    drx = await _pool(services, clinic.id, "dr-x")
+    r = await post(
+        browser,
+        "/staff/setup",
+        "/staff/setup",
+        {
+            "action": "add-rule",
+            "request_type": "medication_renewal",
+            "pool_id": drx.id,
+            "sla_hours": "4",
+        },
+    )
+    assert r.status_code == 303
+    async with services.sessions() as s:
+        new_rule = await s.scalar(select(RoutingRule).where(RoutingRule.pool_id == drx.id))
+        assert new_rule is not None
+    # Still second to the Refills rule: Refills wins until the new rule is moved up.
+    for _ in range(4):
+        await post(
+            browser, "/staff/setup", "/staff/setup", {"action": "rule-up", "rule_id": new_rule.id}
+        )
+    page = await browser.get("/staff/setup")
+    types = re.findall(r'data-type="([^"]+)" data-pool="([^"]+)"', page.text)
+    assert types[0] == ("medication_renewal", "dr-x")
+    async with services.transaction() as s:
+        t = await threads.create_thread(
+            s,
+            services,
+            patient=patient,
+            clinic=clinic,
+            request_type="medication_renewal",
+            subject="r",
+            body="b",
+            actor="test",
+        )
+        assert t.pool_id == drx.id
+        assert t.sla_due_at is not None and t.sla_started_at is not None
+        assert t.sla_due_at - t.sla_started_at <= timedelta(days=4)
+
+    bad = await post(
+        browser,
+        "/staff/setup",
+        "/staff/setup",
+        {"action": "add-rule", "request_type": "pizza", "pool_id": drx.id},
+    )
+    assert bad.status_code == 422 and "unknown" in bad.text
+    bad = await post(
+        browser,
+        "/staff/setup",
+        "/staff/setup",
+        {"action": "add-rule", "request_type": "question", "pool_id": drx.id, "sla_hours": "-3"},
+    )
+    assert bad.status_code == 422
+    assert "routing.add" in await _actions(services) and "routing.move" in await _actions(services)
