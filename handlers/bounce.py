@@ -76,13 +76,15 @@ def classify(msg: EmailMessage) -> tuple[str, str] | None:
 
 
 async def _pool_staff(ctx: Context, clinic_id: str) -> list[Staff]:
+    # A subquery, not DISTINCT: PostgreSQL cannot compare the JSON column for DISTINCT.
+    in_pools = (
+        select(PoolMember.staff_id)
+        .join(Pool, Pool.id == PoolMember.pool_id)
+        .where(Pool.clinic_id == clinic_id)
+    )
     members = (
         await ctx.session.scalars(
-            select(Staff)
-            .join(PoolMember, PoolMember.staff_id == Staff.id)
-            .join(Pool, Pool.id == PoolMember.pool_id)
-            .where(Pool.clinic_id == clinic_id, Staff.active.is_(True))
-            .distinct()
+            select(Staff).where(Staff.id.in_(in_pools), Staff.active.is_(True))
         )
     ).all()
     if members:

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from gateway.inbound.intake import Intake
 from gateway.inbound.parsing import parse_sync
 from gateway.inbound.routing import resolve_recipient
-from gateway.models import InboundMessage, Notification, Patient
+from gateway.models import InboundMessage, Notification, Patient, Pool, PoolMember
 from gateway.notify import Kind, Notice, enqueue
 from tests.inbound.conftest import Story, asend, compose
 
@@ -61,6 +61,10 @@ async def test_bounce_samples_are_classified_and_traced(story, name):
     services = story.services
     notification, address = await _notification(story)
     others = [await story.world.staff(story.clinic, role="front_desk")]
+    async with services.transaction() as s:
+        pool = await s.scalar(select(Pool).where(Pool.clinic_id == story.clinic.id).limit(1))
+        assert pool is not None
+        s.add(PoolMember(pool_id=pool.id, staff_id=others[0].id))
     raw = _sample(name, address)
     label = _flufl_label(raw)
     assert (label == "permanent") == (EXPECTED[name] in ("hard", "policy"))
@@ -86,7 +90,8 @@ async def test_bounce_samples_are_classified_and_traced(story, name):
     assert patient is not None and patient.deliverability == EXPECTED[name]
     if EXPECTED[name] == "hard":
         # One PHI-free "contact this patient another way" notice per clinic staff member.
-        assert {c.staff_id for c in contact} >= {others[0].id}
+        # Only the pool's staff: the nurse outside every pool is not asked.
+        assert {c.staff_id for c in contact} == {others[0].id}
         assert all(c.patient_id is None and c.context["kind"] == "contact_patient" for c in contact)
     else:
         assert contact == []
