@@ -14,9 +14,9 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from gateway import patients, registration
-from gateway.errors import CarebridgeError
+from gateway.errors import CarebridgeError, NotFoundError
 from gateway.models import Clinic, Patient
-from gateway.portal import enrolment
+from gateway.portal import enrolment, library
 from gateway.web import sessions
 from gateway.web.health import services_of
 from gateway.web.pages import render
@@ -93,12 +93,42 @@ async def patient_status(
         or (principal.role != "operator" and enrolment_row.clinic_id != principal.clinic_id)
     ):
         return render(request, "portal/not-found.html.j2", status_code=404)
+    articles = await library.search(services, language=patient.language)
+    assigned = await library.assigned_to(services, patient.id, patient.language)
     return render(
         request,
         "portal/desk-patient.html.j2",
         patient=patient,
         reasons=patients.pending_reasons(patient),
+        articles=articles,
+        assigned=assigned,
     )
+
+
+@router.post("/staff/desk/patients/{patient_id}/articles", dependencies=CSRF)
+async def assign_article(
+    request: Request, patient_id: str, principal: Principal = Desk
+) -> Response:
+    """A clinician suggests a library article; it shows in the patient's inbox and library."""
+    services = services_of(request)
+    form = await request.form()
+    slug, note = str(form.get("slug") or ""), str(form.get("note") or "").strip()
+    async with services.transaction() as s:
+        row = await patients.current_enrolment(s, patient_id)
+        if row is None or (principal.role != "operator" and row.clinic_id != principal.clinic_id):
+            return render(request, "portal/not-found.html.j2", status_code=404)
+        try:
+            await library.assign(
+                s,
+                services,
+                patient_id=patient_id,
+                slug=slug,
+                actor=principal.actor,
+                note=note[:1000] or None,
+            )
+        except NotFoundError:
+            return render(request, "portal/not-found.html.j2", status_code=404)
+    return RedirectResponse(f"/staff/desk/patients/{patient_id}", status_code=303)
 
 
 @router.post("/staff/desk/patients/{patient_id}/invite", dependencies=CSRF)
