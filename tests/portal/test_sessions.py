@@ -226,3 +226,23 @@ async def test_open_redirect_after_sign_in_is_refused(
     await world.staff(clinic, email="n11@clinic.example")
     r = await staff_sign_in(client, "n11@clinic.example", next="//evil.example/x")
     assert r.headers["location"] == "/staff"
+
+
+async def test_purge_expired_removes_only_dead_sessions(
+    services: Services, world: World, client: httpx.AsyncClient, clock: FakeClock, probed: FastAPI
+) -> None:
+    from gateway.web.sessions import purge_expired
+
+    clinic = await world.clinic()
+    await world.staff(clinic, email="p1@clinic.example")
+    await world.staff(clinic, email="p2@clinic.example")
+    await staff_sign_in(client, "p1@clinic.example")
+    clock.advance(minutes=20)
+    other = httpx.AsyncClient(transport=client._transport, base_url="http://testserver")
+    async with other:
+        await staff_sign_in(other, "p2@clinic.example")
+        clock.advance(minutes=15)  # the first is idle for 35 minutes, the second for 15
+        async with services.transaction() as s:
+            assert await purge_expired(s, services) == 1
+        assert (await other.get("/staff/probe")).status_code == 200
+    assert (await client.get("/staff/probe")).status_code == 303
