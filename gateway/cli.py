@@ -23,6 +23,7 @@ from gateway import apikey_cli, audit, clinics, db, domains_cli, keys, patients,
 from gateway.config import Config, load_config
 from gateway.crypto import KeyRing, load_keyring, write_keyring
 from gateway.errors import CarebridgeError, KeyFileError, UsageError
+from gateway.inbound import cli as quarantine_cli
 from gateway.logs import setup_logging
 from gateway.outbound import cli as queue_cli
 from gateway.portal import cli as library_cli
@@ -51,6 +52,7 @@ app.add_typer(patient_app, name="patient")
 app.add_typer(domains_cli.app, name="domain")
 app.add_typer(apikey_cli.app, name="apikey")
 app.add_typer(queue_cli.app, name="queue")
+app.add_typer(quarantine_cli.app, name="quarantine")
 app.add_typer(library_cli.app, name="library")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]

@@ -75,7 +75,7 @@ class _Pending:
     rows: list[InboundMessage]
 
 
-def _state_of(outcome: Outcome) -> str:
+def state_of(outcome: Outcome) -> str:
     match outcome:
         case Filed():
             return "filed"
@@ -333,7 +333,7 @@ class Intake:
                 async with session.begin_nested():
                     outcome = await handler.handle(ctx)
             await self._apply(session, row, outcome)
-        services.metrics.intake.labels(outcome=_state_of(outcome)).inc()
+        services.metrics.intake.labels(outcome=state_of(outcome)).inc()
         log.info(
             "inbound %s route=%s handler=%s state=%s detail=%s",
             inbound_id,
@@ -345,7 +345,7 @@ class Intake:
         return outcome
 
     async def _apply(self, session: AsyncSession, row: InboundMessage, outcome: Outcome) -> None:
-        row.state = _state_of(outcome)
+        row.state = state_of(outcome)
         row.detail = _detail_of(outcome)[:200]
         row.processed_at = self.services.clock.now()
         details: dict[str, object] = {"state": row.state, "route": row.route}
