@@ -57,6 +57,9 @@ class WebConfig:
     session_idle_minutes: int = 30
     session_absolute_hours: int = 12
     secret_file: str = ""
+    # Online enrolment answers no sooner than this, so its timing cannot tell an existing
+    # account (little work) from a new one (enrolment + invitation).
+    enrol_min_answer_ms: int = 300
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,9 @@ in the address bar or in history. A link never signs anyone in by itself.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -91,9 +93,11 @@ async def enrol(request: Request) -> Response:
     fields = ("code", "given_name", "family_name", "date_of_birth", "email")
     values = {k: _form_str(form, k) for k in fields}
     client = request.client.host if request.client else "unknown"
+    services = services_of(request)
+    started = time.monotonic()
     try:
         await enrolment.online_enrol(
-            services_of(request),
+            services,
             code=values["code"],
             given_name=values["given_name"],
             family_name=values["family_name"],
@@ -106,7 +110,11 @@ async def enrol(request: Request) -> Response:
         return _enrol_page(request, 429, error="locked", minutes=exc.minutes, values=values)
     except enrolment.EnrolRefused as exc:
         return _enrol_page(request, 400, error=str(exc), values=values)
-    # The same page whatever happened: no way to learn whether the person already exists.
+    # The same page whatever happened, after the same minimum time: neither the answer nor
+    # its timing tells whether the person already has an account. (Bad input and the rate
+    # limit are answered before any lookup, so they need no padding.)
+    floor = services.config.web.enrol_min_answer_ms / 1000
+    await asyncio.sleep(max(0.0, floor - (time.monotonic() - started)))
     return RedirectResponse("/enrol/sent", status_code=303)
 
 
