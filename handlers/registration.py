@@ -12,6 +12,7 @@ import re
 
 from gateway import audit
 from gateway.inbound.parsing import text_body
+from gateway.portal import terms
 from handlers.base import Confirmed, Context, Outcome, Quarantine, authenticated_patient
 from handlers.reply import new_text
 
@@ -23,11 +24,14 @@ _TERMS_VERSION = re.compile(
 
 
 def agreed_terms_version(full_text: str, reply_text: str) -> str | None:
-    """The quoted terms version, when the reply's own first words are "I agree"."""
+    """The quoted terms version, when the reply's own first words are "I agree" and the
+    quoted version is the current one (agreeing to an older text agrees to nothing now)."""
     if not _AGREE.search(reply_text):
         return None
     m = _TERMS_VERSION.search(full_text)
-    return m.group(1) if m else None
+    if m is None or m.group(1) != terms.CURRENT:
+        return None
+    return m.group(1)
 
 
 class RegistrationHandler:
