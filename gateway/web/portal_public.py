@@ -217,7 +217,11 @@ async def reset_request_form(request: Request) -> HTMLResponse:
 @router.post("/portal/reset", dependencies=CSRF)
 async def reset_request(request: Request) -> Response:
     form = await request.form()
-    await signup.request_reset(services_of(request), _form_str(form, "email"))
+    services, started = services_of(request), time.monotonic()
+    await signup.request_reset(services, _form_str(form, "email"))
+    # Same answer and same minimum time whether or not the address has an account.
+    floor = services.config.web.enrol_min_answer_ms / 1000
+    await asyncio.sleep(max(0.0, floor - (time.monotonic() - started)))
     return RedirectResponse("/portal/reset/sent", status_code=303)
 
 
