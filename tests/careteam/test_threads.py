@@ -240,3 +240,66 @@ async def test_bad_request_type_is_refused(services: Services, world: World) -> 
     async with services.sessions() as s:
         assert (await s.scalars(select(Thread))).first() is None
         assert (await s.scalars(select(Message))).first() is None
+
+
+async def test_digest_preferences_hourly_urgent_and_off(
+    services: Services, world: World, clock: FakeClock
+) -> None:
+    from datetime import timedelta
+
+    from gateway.models import Staff
+
+    clinic = await world.clinic()
+    patient = await world.patient(clinic)
+    hourly = await world.staff(clinic)
+    urgent_only = await world.staff(clinic)
+    refills = await _pool(services, clinic.id, "refills")
+    clock.set(datetime(2026, 3, 4, 15, 20, tzinfo=UTC))
+    async with services.transaction() as s:
+        for member, prefs in ((hourly, {"digest": "hourly"}), (urgent_only, {"urgent_only": True})):
+            s.add(PoolMember(pool_id=refills.id, staff_id=member.id))
+            row = await s.get(Staff, member.id)
+            assert row is not None
+            row.preferences = prefs
+
+    async def create(urgent: bool) -> None:
+        async with services.transaction() as s:
+            await threads.create_thread(
+                s,
+                services,
+                patient=patient,
+                clinic=clinic,
+                request_type="medication_renewal",
+                subject="r",
+                body="b",
+                urgent=urgent,
+                actor="test",
+            )
+
+    await create(False)
+    [digest] = await _notifications(services, Kind.STAFF_DIGEST)
+    assert digest.staff_id == hourly.id
+    assert digest.next_attempt_at == datetime(2026, 3, 4, 16, 0, tzinfo=UTC)
+    clock.advance(minutes=5)
+    await create(True)  # urgent: pulls the hourly digest forward, reaches urgent-only staff
+    digests = {d.staff_id: d for d in await _notifications(services, Kind.STAFF_DIGEST)}
+    assert set(digests) == {hourly.id, urgent_only.id}
+    assert digests[hourly.id].context["count"] == 2
+    assert digests[hourly.id].context["urgent_count"] == 1
+    assert digests[hourly.id].next_attempt_at == clock.now()
+    assert digests[urgent_only.id].context["count"] == 1
+
+    # Once a worker has claimed the digest, new work starts a fresh one: nothing is lost.
+    async with services.transaction() as s:
+        claimed = await s.get(Notification, digests[hourly.id].id)
+        assert claimed is not None
+        claimed.state = "sending"
+    clock.advance(minutes=1)
+    await create(False)
+    fresh = [
+        d
+        for d in await _notifications(services, Kind.STAFF_DIGEST)
+        if d.staff_id == hourly.id and d.state == "queued"
+    ]
+    assert len(fresh) == 1 and fresh[0].context["count"] == 1
+    assert fresh[0].next_attempt_at - clock.now() <= timedelta(hours=1)
