@@ -17,13 +17,14 @@ import random
 import secrets
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway import dkim
-from gateway.models import Clinic, Notification, Patient, Pool
+from gateway.models import Clinic, DkimKey, Notification, Patient, Pool
 from gateway.notify import OPTIONAL_KINDS, PATIENT_KINDS, Kind, Notice
 from gateway.outbound import headers, links, queue
 from gateway.outbound.render import EmailContext, Renderer, brand_color, format_when
@@ -78,58 +79,95 @@ class DeliveryPart:
     # -- part life cycle ------------------------------------------------------------------
     async def start(self) -> None:
         self._stopping = False
-        self._tasks = [
-            asyncio.create_task(self._loop(f"{self._node}-{i}"), name=f"delivery-{i}")
-            for i in range(max(1, self.cfg.workers))
-        ]
+        self._tasks = [asyncio.create_task(self._loop(f"{self._node}-0"), name="delivery")]
 
     async def stop(self) -> None:
         self._stopping = True
         self._wake.set()
-        for task in self._tasks:
-            task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         await self.transport.close()
 
     def wake(self) -> None:
-        """New work was queued: idle workers look now instead of at the next poll."""
+        """New work was queued: an idle loop looks now instead of at the next poll."""
         self._wake.set()
 
+    @property
+    def max_in_flight(self) -> int:
+        return max(1, self.cfg.workers) * max(1, self.cfg.claim_batch)
+
     async def _loop(self, worker: str) -> None:
-        while not self._stopping:
+        """One transaction per round records finished sends and claims more; sends run as
+        tasks in between, up to ``workers x claim_batch`` at a time. One writer per node
+        keeps SQLite free of lock contention; PostgreSQL nodes claim side by side."""
+        in_flight: set[asyncio.Task[None]] = set()
+        finished: list[Job] = []
+
+        def on_done(job: Job) -> Callable[[asyncio.Task[None]], None]:
+            def done(task: asyncio.Task[None]) -> None:
+                in_flight.discard(task)
+                finished.append(job)
+                self._wake.set()
+
+            return done
+
+        while not self._stopping or in_flight or finished:
             # Cleared before looking, so work queued during the round is not slept through.
             self._wake.clear()
+            outcomes, finished = finished, []
+            room = 0 if self._stopping else self.max_in_flight - len(in_flight)
             try:
-                done = await self.run_once(worker)
+                jobs = await self._round(outcomes, worker, room)
             except Exception as exc:
                 # Never the message: exceptions from drivers may quote values.
                 log.error("delivery round failed: %s", type(exc).__name__)
-                done = 0
-            if done == 0 and not self._stopping:
+                finished = outcomes + finished  # record them next round
+                jobs = []
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.cfg.poll_seconds)
+                continue
+            for job in jobs:
+                task = asyncio.create_task(self._deliver(job))
+                in_flight.add(task)
+                task.add_done_callback(on_done(job))
+            if not jobs and not finished:
+                # Idle, or full: a finishing send or new work sets the event.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.cfg.poll_seconds)
 
-    # -- one round ------------------------------------------------------------------------
-    async def run_once(self, worker: str = "worker") -> int:
-        """Claim, send and record one batch; returns how many rows it handled."""
+    # -- rounds ---------------------------------------------------------------------------
+    async def _round(self, outcomes: list[Job], worker: str, room: int) -> list[Job]:
+        """One transaction: record ``outcomes``, then claim and prepare up to ``room`` rows."""
+        if not outcomes and room <= 0:
+            return []
         now = self.services.clock.now()
         async with self.services.transaction() as session:
+            if outcomes:
+                await self._record(session, outcomes, worker, now)
+            if room <= 0:
+                return []
             claimed = await queue.claim(
-                session, self.cfg, worker=worker, now=now, limit=self.cfg.claim_batch
+                session, self.cfg, worker=worker, now=now, limit=min(room, self.cfg.claim_batch)
             )
             if not claimed:
-                return 0
-            batch = await self._prepare(session, claimed, worker, now)
-        await asyncio.gather(*(self._deliver(job) for job in batch.jobs))
-        await self._record(batch.jobs, worker)
-        return len(claimed)
+                return []
+            return (await self._prepare(session, claimed, worker, now)).jobs
+
+    async def run_once(self, worker: str = "worker") -> int:
+        """Claim, send and record one batch, then return how many rows it handled.
+
+        For tests, the demo and the benchmark's sample; ``serve`` runs :meth:`_loop`."""
+        jobs = await self._round([], worker, self.cfg.claim_batch)
+        await asyncio.gather(*(self._deliver(job) for job in jobs))
+        await self._round(jobs, worker, 0)
+        return len(jobs)
 
     async def _prepare(
         self, session: AsyncSession, rows: list[Notification], worker: str, now: datetime
     ) -> Round:
         out = Round()
         clinics: dict[str, Clinic] = {}
+        signing: dict[str, list[DkimKey]] = {}
         for row in rows:
             clinic = clinics.get(row.clinic_id) or await session.get(Clinic, row.clinic_id)
             assert clinic is not None
@@ -141,10 +179,13 @@ class DeliveryPart:
                 out.cancelled += 1
                 continue
             domain = links.sending_domain(clinic, self.services.config)
-            key_rows = await dkim.active_keys(session, clinic.id, domain)
-            if not key_rows:
-                log.warning("clinic %s had no DKIM keys for its sending domain: created", clinic.id)
-                key_rows = await dkim.ensure_domain_keys(session, clinic, now=now)
+            key_rows = signing.get(clinic.id)
+            if key_rows is None:
+                key_rows = await dkim.active_keys(session, clinic.id, domain)
+                if not key_rows:
+                    log.warning("clinic %s had no DKIM keys for its domain: created", clinic.id)
+                    key_rows = await dkim.ensure_domain_keys(session, clinic, now=now)
+                signing[clinic.id] = key_rows
             addressing = await links.mint(session, self.services.config, row, clinic, now)
             row.message_id = headers.message_id(row.id, domain)
             row.bounce_token_id = addressing.bounce_token_id
@@ -235,44 +276,46 @@ class DeliveryPart:
                 return
         job.sent_at = self.services.clock.now()
 
-    async def _record(self, jobs: list[Job], worker: str) -> None:
-        now = self.services.clock.now()
+    async def _record(
+        self, session: AsyncSession, jobs: list[Job], worker: str, now: datetime
+    ) -> None:
         metrics = self.services.metrics
-        async with self.services.transaction() as session:
-            for job in jobs:
-                if job.error is None:
-                    assert job.sent_at is not None
-                    row = await queue.record_sent(
-                        session, job.notification_id, worker=worker, accepted_at=job.sent_at
-                    )
-                    metrics.deliveries.labels(outcome="sent").inc()
-                    metrics.delivery_latency.observe(
-                        max(0.0, (job.sent_at - job.created_at).total_seconds())
-                    )
-                    log.info("notification %s sent", job.notification_id)
-                    continue
-                row = await queue.record_failure(
-                    session,
-                    job.notification_id,
-                    worker=worker,
-                    error=str(job.error)[:500],
-                    permanent=job.error.permanent,
-                    dead=job.dead,
-                    now=now,
-                    cfg=self.cfg,
-                    rng=self.rng,
+        batch = await queue.load(session, [job.notification_id for job in jobs])
+        for job in jobs:
+            if job.error is None:
+                assert job.sent_at is not None
+                await queue.record_sent(
+                    session, job.notification_id, worker=worker, accepted_at=job.sent_at
                 )
-                state = row.state if row is not None else "lost-lease"
-                metrics.deliveries.labels(outcome=state).inc()
-                log.info(
-                    "notification %s %s attempt=%s: %s",
-                    job.notification_id,
-                    state,
-                    row.attempts if row is not None else "?",
-                    job.error,
+                metrics.deliveries.labels(outcome="sent").inc()
+                metrics.delivery_latency.observe(
+                    max(0.0, (job.sent_at - job.created_at).total_seconds())
                 )
-                if row is not None and state == "bounced" and row.patient_id:
-                    await _mark_undeliverable(session, row.patient_id, str(job.error))
+                log.debug("notification %s sent", job.notification_id)
+                continue
+            row = await queue.record_failure(
+                session,
+                job.notification_id,
+                worker=worker,
+                error=str(job.error)[:500],
+                permanent=job.error.permanent,
+                dead=job.dead,
+                now=now,
+                cfg=self.cfg,
+                rng=self.rng,
+            )
+            state = row.state if row is not None else "lost-lease"
+            metrics.deliveries.labels(outcome=state).inc()
+            log.info(
+                "notification %s %s attempt=%s: %s",
+                job.notification_id,
+                state,
+                row.attempts if row is not None else "?",
+                job.error,
+            )
+            if row is not None and state == "bounced" and row.patient_id:
+                await _mark_undeliverable(session, row.patient_id, str(job.error))
+        del batch
 
 
 async def _switched_off(session: AsyncSession, row: Notification, kind: Kind) -> bool:

@@ -7,30 +7,48 @@
 - ``List-Unsubscribe`` + ``List-Unsubscribe-Post: List-Unsubscribe=One-Click`` (RFC 8058) on
   kinds a patient may switch off.
 
-The body is multipart/alternative (text first, then HTML), serialised with CRLF line ends
-so what is signed is byte for byte what is sent.
+The body is multipart/alternative (text first, then HTML), both quoted-printable UTF-8 with
+lines of at most 76 characters, and every line ends in CRLF, so what is signed is byte for
+byte what is sent. The message is assembled directly rather than through
+``email.message.EmailMessage``, whose header machinery cost ~2.8 ms a message here (three
+times the two DKIM signatures); the stdlib still does every encoding (``quoprimime``,
+``Header``, ``formataddr``), and tests parse the result back with the stdlib parser.
 """
 
 from __future__ import annotations
 
 import secrets
 from datetime import datetime
-from email.headerregistry import Address
-from email.message import EmailMessage
-from email.policy import SMTP
-from email.utils import format_datetime
+from email import quoprimime
+from email.header import Header
+from email.utils import format_datetime, formataddr
 
 from gateway.outbound.render import Rendered
 
-# CRLF line ends; headers are not folded below RFC 5322's 998 limit, so a long Message-ID
-# or List-Unsubscribe stays one line (some receivers mis-read folded identifiers).
-POLICY = SMTP.clone(max_line_length=998)
-# Body parts are encoded under this one: quoted-printable lines of at most 76 (RFC 2045).
-ENCODE = SMTP.clone(max_line_length=76)
+CRLF = "\r\n"
 
 
 def message_id(notification_id: str, domain: str) -> str:
     return f"<{notification_id}.{secrets.token_hex(6)}@{domain}>"
+
+
+def _unstructured(value: str) -> str:
+    """A header value: as-is when ASCII, else RFC 2047 encoded words (folded with CRLF)."""
+    one_line = " ".join(value.split())
+    if one_line.isascii():
+        return one_line
+    return Header(one_line, "utf-8", header_name="Subject").encode(linesep=CRLF)
+
+
+def _part(subtype: str, text: str) -> str:
+    lines = "\n".join(text.splitlines())
+    encoded = quoprimime.body_encode(lines.encode("utf-8").decode("latin-1"), 76, "\n")
+    return (
+        f'Content-Type: text/{subtype}; charset="utf-8"{CRLF}'
+        f"Content-Transfer-Encoding: quoted-printable{CRLF}{CRLF}"
+        + CRLF.join(encoded.split("\n"))
+        + CRLF
+    )
 
 
 def build(
@@ -45,22 +63,34 @@ def build(
     unsubscribe_link: str | None = None,
 ) -> bytes:
     """The complete message as bytes with CRLF line ends, ready to be DKIM-signed."""
-    # Parts are encoded under ENCODE; the final rendering uses POLICY, which only changes
-    # how headers are folded.
-    msg = EmailMessage(policy=ENCODE)
-    local, _, domain = from_address.rpartition("@")
-    msg["From"] = Address(display_name=from_name, username=local, domain=domain)
-    msg["To"] = to
-    msg["Subject"] = rendered.subject
-    msg["Date"] = format_datetime(date)
-    msg["Message-ID"] = msg_id
+    # "=_" cannot occur in quoted-printable text, so the boundary cannot either.
+    boundary = f"=_cb_{secrets.token_hex(12)}"
+    fields = [
+        ("From", formataddr((" ".join(from_name.split()), from_address), charset="utf-8")),
+        ("To", to),
+        ("Subject", _unstructured(rendered.subject)),
+        ("Date", format_datetime(date)),
+        ("Message-ID", msg_id),
+    ]
     if reply_to:
-        msg["Reply-To"] = reply_to
-    msg["Auto-Submitted"] = "auto-generated"
-    msg["X-Auto-Response-Suppress"] = "All"
+        fields.append(("Reply-To", reply_to))
+    fields += [("Auto-Submitted", "auto-generated"), ("X-Auto-Response-Suppress", "All")]
     if unsubscribe_link:
-        msg["List-Unsubscribe"] = f"<{unsubscribe_link}>"
-        msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-    msg.set_content(rendered.text, cte="quoted-printable")
-    msg.add_alternative(rendered.html, subtype="html", cte="quoted-printable")
-    return msg.as_bytes(policy=POLICY)
+        fields += [
+            ("List-Unsubscribe", f"<{unsubscribe_link}>"),
+            ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
+        ]
+    fields += [
+        ("MIME-Version", "1.0"),
+        ("Content-Type", f'multipart/alternative; boundary="{boundary}"'),
+    ]
+    for name, value in fields:
+        if "\r" in value.replace(CRLF + " ", "") or "\n" in value.replace(CRLF + " ", ""):
+            raise ValueError(f"line break in the {name} header")
+    head = "".join(f"{name}: {value}{CRLF}" for name, value in fields)
+    body = (
+        f"--{boundary}{CRLF}{_part('plain', rendered.text)}"
+        f"--{boundary}{CRLF}{_part('html', rendered.html)}"
+        f"--{boundary}--{CRLF}"
+    )
+    return (head + CRLF + body).encode("ascii")

@@ -12,6 +12,7 @@ registration, ``/t/<token>`` view a thread (or the inbox) after sign-in, ``/rese
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -20,7 +21,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway import tokens
 from gateway.config import Config
-from gateway.models import Clinic, Notification
+from gateway.crypto import hash_secret
+from gateway.models import Clinic, Notification, Token
+from gateway.models.security import TOKEN_PURPOSES
+from gateway.models.types import new_id
 from gateway.notify import OPTIONAL_KINDS, Kind
 
 # Patient kinds about a conversation: the link opens it and a reply by email is filed in it.
@@ -48,6 +52,36 @@ def sending_domain(clinic: Clinic, config: Config) -> str:
     return (clinic.sending_domain or clinic.reply_domain or config.smtp.hostname).lower()
 
 
+def issue(
+    session: AsyncSession,
+    config: Config,
+    purpose: str,
+    subject_kind: str,
+    subject_id: str,
+    now: datetime,
+    data: dict[str, Any],
+) -> tuple[str, Token]:
+    """:func:`gateway.tokens.issue` without its flush: a batch of emails mints three tokens
+    each, and one flush at commit instead of one per token halves a delivery round."""
+    if purpose not in TOKEN_PURPOSES:
+        raise ValueError(f"unknown token purpose {purpose!r}")
+    value = secrets.token_urlsafe(tokens.TOKEN_BYTES)
+    row = Token(
+        id=new_id(),
+        token_hash=hash_secret(value),
+        purpose=purpose,
+        subject_kind=subject_kind,
+        subject_id=subject_id,
+        data={k: v for k, v in data.items() if v is not None},
+        single_use=purpose in tokens.SINGLE_USE,
+        created_at=now,
+        expires_at=now + tokens.lifetime(config.tokens, purpose),
+        uses=0,
+    )
+    session.add(row)
+    return value, row
+
+
 async def mint(
     session: AsyncSession, config: Config, row: Notification, clinic: Clinic, now: datetime
 ) -> Addressing:
@@ -58,27 +92,13 @@ async def mint(
     thread_id = row.context.get("thread_id")
 
     async def token(purpose: str, subject_kind: str, subject_id: str, **data: Any) -> str:
-        issued = await tokens.issue(
-            session,
-            config.tokens,
-            purpose=purpose,
-            subject_kind=subject_kind,
-            subject_id=subject_id,
-            now=now,
-            data={k: v for k, v in data.items() if v is not None},
-        )
-        return issued.value
+        value, _row = issue(session, config, purpose, subject_kind, subject_id, now, data)
+        return value
 
-    bounce = await tokens.issue(
-        session,
-        config.tokens,
-        purpose="bounce_address",
-        subject_kind="notification",
-        subject_id=row.id,
-        now=now,
-        data={"clinic_id": clinic.id},
+    bounce_value, bounce_row = issue(
+        session, config, "bounce_address", "notification", row.id, now, {"clinic_id": clinic.id}
     )
-    mail_from = f"bounce+{bounce.value}@{domain}"
+    mail_from = f"bounce+{bounce_value}@{domain}"
     reply_to = unsubscribe = None
     if row.patient_id is None:
         # Staff sign in to the workspace; their links carry no token.
@@ -87,7 +107,7 @@ async def mint(
             link = f"{base}/reset/{value}"
         else:
             link = f"{base}/staff" + (f"/threads/{thread_id}" if thread_id else "")
-        return Addressing(link, mail_from, bounce.row.id)
+        return Addressing(link, mail_from, bounce_row.id)
     patient_id = row.patient_id
     if kind == Kind.REGISTRATION_INVITATION:
         # One token serves the link and the register+TOKEN@ Reply-To: whichever the person
@@ -109,4 +129,4 @@ async def mint(
     if kind in OPTIONAL_KINDS:
         value = await token("unsubscribe", "patient", patient_id, kind=str(kind))
         unsubscribe = f"{base}/u/{value}"
-    return Addressing(link, mail_from, bounce.row.id, reply_to, unsubscribe)
+    return Addressing(link, mail_from, bounce_row.id, reply_to, unsubscribe)

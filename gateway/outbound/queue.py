@@ -62,6 +62,14 @@ def backoff(attempts: int, cfg: DeliveryConfig, rng: random.Random) -> timedelta
     return timedelta(seconds=delay * rng.uniform(0.75, 1.0))
 
 
+async def load(session: AsyncSession, ids: list[str]) -> list[Notification]:
+    """Bring a batch of rows into the session in one query; while the caller holds the
+    list, ``_owned`` finds them in the identity map instead of asking once per row."""
+    if not ids:
+        return []
+    return list(await session.scalars(select(Notification).where(Notification.id.in_(ids))))
+
+
 async def _owned(session: AsyncSession, notification_id: str, worker: str) -> Notification | None:
     """The row if ``worker`` still holds its claim (a lease that ran out may be someone else's)."""
     row = await session.get(Notification, notification_id)

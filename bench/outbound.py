@@ -1,0 +1,225 @@
+"""Outbound benchmark: notifications/s and enqueue-to-accepted latency, against a baseline.
+
+Usage: ``.venv/bin/python bench/outbound.py [-n 2000] [--store-url URL] [--rate R]``
+
+1. An aiosmtpd sink runs in a separate process (its own core) on loopback.
+2. Baseline: one bare aiosmtplib connection sends N pre-rendered messages in a loop.
+3. carebridge: a producer enqueues N notifications (request acknowledgements, which mint
+   three tokens each) while the real delivery part (claim, tokens, render, dual DKIM sign,
+   aiosmtplib through ``[delivery] relay``, record) sends them to the same sink.
+   Without ``--rate`` the producer enqueues as fast as it can (a burst: throughput, and the
+   latency of a backlog); with ``--rate`` it paces itself (latency below saturation).
+4. Prints notifications/s, p50/p99 enqueue-to-accepted latency, the baseline and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+SINK_CODE = r"""
+import asyncio, sys
+from aiosmtpd.smtp import SMTP
+
+class Handler:
+    async def handle_DATA(self, server, session, envelope):
+        return "250 2.0.0 Accepted"
+
+async def main():
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: SMTP(Handler(), hostname="sink.bench", data_size_limit=None), "127.0.0.1", 0
+    )
+    print(server.sockets[0].getsockname()[1], flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+def start_sink() -> tuple[subprocess.Popen[str], int]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SINK_CODE], stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
+    assert proc.stdout is not None
+    return proc, int(proc.stdout.readline())
+
+
+async def baseline(port: int, messages: list[bytes]) -> float:
+    """A bare aiosmtplib loop on one connection: the floor any gateway pays for SMTP."""
+    import aiosmtplib
+
+    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False)
+    await client.connect()
+    started = time.perf_counter()
+    for i, data in enumerate(messages):
+        await client.sendmail("bounce@bench.example", [f"p{i}@patients.example"], data)
+    elapsed = time.perf_counter() - started
+    await client.quit()
+    return len(messages) / elapsed
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+async def run(args: argparse.Namespace) -> None:
+    from sqlalchemy import select
+
+    from gateway import clinics, db, dkim, patients
+    from gateway.config import parse_config
+    from gateway.crypto import KeyRing
+    from gateway.models import Notification
+    from gateway.notify import Kind, Notice, enqueue
+    from gateway.outbound.delivery import DeliveryPart
+    from gateway.services import open_services
+
+    sink, port = start_sink()
+    tmp = Path(tempfile.mkdtemp(prefix="cb-bench-"))
+    url = args.store_url or f"sqlite+aiosqlite:///{tmp}/bench.db"
+    try:
+        await asyncio.to_thread(db.upgrade, url)
+        cfg = parse_config(
+            {
+                "store": {"url": url},
+                "delivery": {
+                    "relay": f"127.0.0.1:{port}",
+                    "maildir": "",
+                    "workers": args.workers,
+                    "per_domain_concurrency": args.concurrency,
+                    "claim_batch": args.batch,
+                    "poll_seconds": 0.05,
+                },
+                "log": {"level": "WARNING"},
+            },
+            base_dir=str(tmp),
+        )
+        services = await open_services(cfg, keyring=KeyRing.generate())
+        async with services.transaction() as s:
+            org = await clinics.get_or_create_org(s, "bench", "Bench", "bench")
+            clinic = await clinics.add_clinic(
+                s, org=org, slug="bench", name="Bench Clinic", reply_domain="reply.bench.example",
+                sending_domain="bench.example", actor="bench",
+            )
+            await dkim.ensure_domain_keys(s, clinic, now=services.clock.now())
+            people = []
+            for i in range(50):
+                result = await patients.enroll(
+                    s, services.keyring, clinic=clinic, given_name="Bench", family_name=f"P{i}",
+                    date_of_birth=date(1980, 1, 1), email=f"p{i}@patients.example",
+                    source="cli", actor="bench",
+                )
+                people.append(result.patient)
+
+        part = DeliveryPart(services)
+        # Baseline messages: what the gateway sends, rendered and signed once, up front.
+        sample = (await _one_rendered(services, part, clinic, people[0]))
+        base_rate = await baseline(port, [sample] * args.n)
+
+        async def produce() -> None:
+            interval = 1 / args.rate if args.rate else 0.0
+            batch = 1 if args.rate else 50
+            for start in range(0, args.n, batch):
+                async with services.transaction() as s:
+                    for i in range(start, min(args.n, start + batch)):
+                        p = people[i % len(people)]
+                        await enqueue(
+                            s, services.keyring,
+                            notice=Notice(
+                                kind=Kind.REQUEST_RECEIVED, thread_id=f"{i:032x}",
+                                expected_reply_at=datetime(2030, 1, 1, tzinfo=UTC),
+                            ),
+                            clinic_id=clinic.id, recipient=p.email, now=services.clock.now(),
+                            patient_id=p.id,
+                        )
+                part.wake()
+                if interval:
+                    await asyncio.sleep(interval)
+
+        started = time.perf_counter()
+        await part.start()
+        await produce()
+        # Watch the part's own counters, not the store: polling the database would compete
+        # with the workers for SQLite's write lock.
+        counters = [services.metrics.deliveries.labels(outcome=o) for o in ("sent", "bounced")]
+        deadline = time.perf_counter() + 600
+        while sum(c._value.get() for c in counters) < args.n:
+            if time.perf_counter() > deadline:
+                print("gave up waiting after 600 s", file=sys.stderr)
+                break
+            await asyncio.sleep(0.01)
+        elapsed = time.perf_counter() - started
+        await part.stop()
+        async with services.sessions() as s:
+            rows = (
+                await s.execute(
+                    select(Notification.state, Notification.created_at, Notification.sent_at).where(
+                        Notification.kind == "request_received", Notification.state == "sent"
+                    )
+                )
+            ).all()
+        await services.close()
+    finally:
+        sink.terminate()
+        sink.wait()
+
+    sent = [r for r in rows if r[0] == "sent"]
+    latencies = [(r[2] - r[1]).total_seconds() * 1000 for r in sent]
+    rate = len(sent) / elapsed
+    mode = f"paced at {args.rate}/s" if args.rate else "burst"
+    store = "postgresql" if url.startswith("postgresql") else "sqlite"
+    print(f"outbound bench: {args.n} notifications, {mode}, store {store}, "
+          f"{args.workers} workers x batch {args.batch}, dual DKIM (ed25519 + rsa-2048)")
+    print(f"carebridge:  {rate:8.1f} notifications/s  (sent {len(sent)}, not sent {args.n - len(sent)})")
+    print(f"latency:     p50 {statistics.median(latencies):8.1f} ms   "
+          f"p99 {percentile(latencies, 99):8.1f} ms  (enqueue -> 250 from the relay)")
+    print(f"baseline:    {base_rate:8.1f} messages/s (bare aiosmtplib loop, same sink, same run)")
+    print(f"ratio:       {rate / base_rate:8.3f}  (target >= 0.25)")
+
+
+async def _one_rendered(services, part, clinic, patient) -> bytes:  # type: ignore[no-untyped-def]
+    """Build one real notification's bytes through the gateway's own path (not sent)."""
+    from gateway.notify import Kind, Notice, enqueue
+    from gateway.outbound import queue
+
+    async with services.transaction() as s:
+        await enqueue(
+            s, services.keyring, notice=Notice(kind=Kind.REQUEST_RECEIVED, thread_id="0" * 32),
+            clinic_id=clinic.id, recipient=patient.email, now=services.clock.now(),
+            patient_id=patient.id,
+        )
+    async with services.transaction() as s:
+        claimed = await queue.claim(
+            s, services.config.delivery, worker="bench", now=datetime.now(UTC), limit=1
+        )
+        job = (await part._prepare(s, claimed, "bench", datetime.now(UTC))).jobs[0]
+        for row in claimed:
+            row.state = "cancelled"
+    return part.build(job)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("-n", type=int, default=2000, help="notifications (default 2000)")
+    parser.add_argument("--store-url", default=os.environ.get("CAREBRIDGE_BENCH_STORE", ""))
+    parser.add_argument("--rate", type=float, default=0.0, help="pace the producer (per s)")
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=20)
+    parser.add_argument("--concurrency", type=int, default=8, help="per-domain limit")
+    asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
