@@ -9,6 +9,7 @@ never signs anyone in: the patient then signs in with the password they just cho
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -98,25 +99,32 @@ async def complete_registration(
 ) -> str:
     """Check the form, then consume the link and activate the account; return the patient id."""
     now = services.clock.now()
+    async with services.sessions() as s:
+        view = await view_link(s, services, value)
+        if view is None:
+            raise FormProblem("token", "invalid")
+        inputs = _user_inputs(view.patient)
+    if not agree or terms_version != terms.CURRENT:
+        raise FormProblem("agree", "required")
+    problem = await asyncio.to_thread(password_problem, password, confirm, inputs)
+    if problem is not None:
+        raise problem
+    secret = totp_secret.strip() if totp_code.strip() else ""
+    if secret and not _totp_ok(secret, totp_code, services):
+        raise FormProblem("code", "totp")
+    # zxcvbn and argon2 are CPU work: off the event loop and outside the write transaction.
+    hashed = await asyncio.to_thread(hash_password, password)
     async with services.transaction() as s:
         view = await view_link(s, services, value)
         if view is None:
             raise FormProblem("token", "invalid")
-        if not agree or terms_version != terms.CURRENT:
-            raise FormProblem("agree", "required")
-        problem = password_problem(password, confirm, _user_inputs(view.patient))
-        if problem is not None:
-            raise problem
-        secret = totp_secret.strip() if totp_code.strip() else ""
-        if secret and not _totp_ok(secret, totp_code, services):
-            raise FormProblem("code", "totp")
         await tokens.consume(s, value, "registration", now)
         patient = view.patient
         patient.terms_version = terms.CURRENT
         patient.terms_agreed_at = now
         if patient.email_verified_at is None:
             patient.email_verified_at = now
-        patient.password_hash = hash_password(password)
+        patient.password_hash = hashed
         if secret:
             patient.totp_secret = secret
         if patient.status == "pending":
@@ -195,16 +203,22 @@ async def reset_link_valid(session: AsyncSession, services: Services, value: str
 async def complete_reset(services: Services, value: str, password: str, confirm: str) -> str:
     """Set a new password from a reset link; ends every session of the account."""
     now = services.clock.now()
+    async with services.sessions() as s:
+        patient = await reset_link_valid(s, services, value)
+        if patient is None:
+            raise FormProblem("token", "invalid")
+        inputs = _user_inputs(patient)
+    problem = await asyncio.to_thread(password_problem, password, confirm, inputs)
+    if problem is not None:
+        raise problem
+    hashed = await asyncio.to_thread(hash_password, password)
     async with services.transaction() as s:
         patient = await reset_link_valid(s, services, value)
         if patient is None:
             raise FormProblem("token", "invalid")
-        problem = password_problem(password, confirm, _user_inputs(patient))
-        if problem is not None:
-            raise problem
         await tokens.consume(s, value, "password_reset", now)
         await tokens.revoke_for_subject(s, "patient", patient.id, "password_reset", now)
-        patient.password_hash = hash_password(password)
+        patient.password_hash = hashed
         patient.failed_logins, patient.locked_until = 0, None
         await s.execute(
             delete(WebSession).where(

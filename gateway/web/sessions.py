@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hmac
 import logging
@@ -385,37 +386,41 @@ async def authenticate(
             minutes = 0
     if minutes:
         raise SignInError(LOCKED, minutes)
-    async with services.transaction() as s:
+    # Look up, then verify outside any transaction and off the event loop: argon2 takes tens
+    # of milliseconds of CPU, which must neither hold the store's write lock nor stall others.
+    async with services.sessions() as s:
         account = await _find_account(s, services, kind, email)
+        account_id = account.id if account is not None else None
         stored = account.password_hash if account is not None else ""
-        ok = verify_password(stored or _DUMMY_HASH, password) and bool(stored)
-        if ok and account is not None and account.totp_secret:
-            ok = pyotp.TOTP(account.totp_secret).verify(
-                totp_code.strip(), for_time=now, valid_window=1
-            )
-        if ok and isinstance(account, Patient) and account.status == "disabled":
-            ok = False
-        if ok and isinstance(account, Staff) and not account.active:
-            ok = False
-        if ok and account is not None:
+        totp_secret = account.totp_secret if account is not None else None
+        usable = account is not None and (
+            account.status != "disabled" if isinstance(account, Patient) else account.active
+        )
+    ok = await asyncio.to_thread(verify_password, stored or _DUMMY_HASH, password)
+    ok = ok and bool(stored) and usable
+    if ok and totp_secret:
+        ok = pyotp.TOTP(totp_secret).verify(totp_code.strip(), for_time=now, valid_window=1)
+    rehashed = (
+        await asyncio.to_thread(hash_password, password) if ok and needs_rehash(stored) else None
+    )
+    async with services.transaction() as s:
+        row: Patient | Staff | None = None
+        if account_id is not None:
+            row = await s.get(Patient if kind == "patient" else Staff, account_id)
+        if ok and row is not None:
             await throttle.reset(s, throttle.SIGN_IN, key)
-            account.failed_logins, account.locked_until = 0, None
-            if needs_rehash(account.password_hash):
-                account.password_hash = hash_password(password)
-            await audit.record(s, f"{kind}:{account.id}", "auth.sign_in", kind, account.id, at=now)
-            log.info("sign-in %s %s", kind, account.id)
-            return account.id
+            row.failed_logins, row.locked_until = 0, None
+            if rehashed:
+                row.password_hash = rehashed
+            await audit.record(s, f"{kind}:{row.id}", "auth.sign_in", kind, row.id, at=now)
+            log.info("sign-in %s %s", kind, row.id)
+            return row.id
         until = await throttle.hit(s, throttle.SIGN_IN, key, now)
-        if account is not None:
-            account.failed_logins += 1
-            account.locked_until = until
+        if row is not None:
+            row.failed_logins += 1
+            row.locked_until = until
         await audit.record(
-            s,
-            "anonymous",
-            "auth.sign_in_failed",
-            kind,
-            account.id if account is not None else "",
-            at=now,
+            s, "anonymous", "auth.sign_in_failed", kind, row.id if row is not None else "", at=now
         )
     log.info("sign-in failed (%s)", kind)
     if until is not None:

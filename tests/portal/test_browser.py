@@ -195,6 +195,9 @@ async def test_patient_journey_in_chromium(
     await page.get_by_role("button", name="Send request").click()
     assert "call 911 now" in (await page.content()).lower()
     await audit.check(page, "13-urgent")
+    await page.get_by_role("button", name="I understand, send it anyway").click()
+    await page.wait_for_url("**/portal/threads/*")
+    assert "Flagged urgent" in await page.content()
     for path, name in (
         ("/portal/results", "14-results"),
         ("/portal/library", "15-library"),

@@ -327,3 +327,27 @@ async def test_patients_cannot_open_each_others_threads(
         data={"csrf_token": csrf_of(page.text), "message": "hi"},
     )
     assert r.status_code == 404
+
+
+async def test_urgent_screen_on_a_reply_flags_the_thread(
+    services: Services, world: World, client: httpx.AsyncClient
+) -> None:
+    clinic = await world.clinic()
+    await active_patient(services, clinic)
+    await patient_sign_in(client, "pat@example.org")
+    await compose(client, "question", {"subject": "Rash", "message": "A small rash"})
+    thread = await only_thread(services)
+    page = await client.get(f"/portal/threads/{thread.id}")
+    assert "within one business day" in page.text
+    data = {"csrf_token": csrf_of(page.text), "message": "Now I have trouble breathing"}
+    r = await client.post(f"/portal/threads/{thread.id}/reply", data=data)
+    assert r.status_code == 200 and "call 911" in r.text.lower()
+    assert not (await only_thread(services)).urgent
+    r = await client.post(
+        f"/portal/threads/{thread.id}/reply", data={**data, "confirm_urgent": "yes"}
+    )
+    assert r.status_code == 303
+    assert (await only_thread(services)).urgent
+    async with services.sessions() as s:
+        bodies = (await s.scalars(select(Message.body).where(Message.thread_id == thread.id))).all()
+    assert "Now I have trouble breathing" in bodies
