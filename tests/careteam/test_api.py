@@ -3,6 +3,8 @@ scoping, Idempotency-Key replays, and RFC 9457 problem documents that never echo
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -15,7 +17,7 @@ from gateway.models import Appointment, Message, Notification, Thread
 from gateway.notify import Kind
 from gateway.services import Services
 from gateway.web.app import create_app
-from tests.conftest import CANARY_EMAIL, CANARY_FAMILY, CANARY_GIVEN, CANARY_TEXT, World
+from tests.conftest import CANARY_EMAIL, CANARY_FAMILY, CANARY_GIVEN, CANARY_TEXT, FakeClock, World
 
 
 async def _key(services: Services, role: str = "integration", org: str | None = None) -> str:
@@ -269,3 +271,44 @@ async def test_enrol_invites_and_is_idempotent(
     _is_problem(await client.post("/patients", json={**body, "clinic": "nope"}), 404)
     bad = await client.post("/patients", json={**body, "email": "not-an-address"})
     _is_problem(bad, 422)
+
+
+async def test_idempotency_in_progress_and_expiry(
+    services: Services, world: World, client: httpx.AsyncClient, clock: FakeClock
+) -> None:
+    from gateway.models import ApiKey, IdempotencyRecord
+
+    clinic = await world.clinic()
+    patient = await world.patient(clinic)
+    async with services.transaction() as s:
+        key = await s.scalar(select(ApiKey))
+        assert key is not None
+        # As if the same request with this key were still running on another node.
+        raw = json.dumps({"subject": "s", "body": "b"}).encode()
+        path = f"/api/v1/patients/{patient.id}/messages"
+        digest = hashlib.sha256(b"POST\n" + path.encode() + b"\n" + raw).hexdigest()
+        s.add(
+            IdempotencyRecord(
+                api_key_id=key.id,
+                key="busy",
+                request_hash=digest,
+                status_code=0,
+                response={},
+                created_at=clock.now(),
+                expires_at=clock.now() + timedelta(hours=24),
+            )
+        )
+    headers = {"Idempotency-Key": "busy", "Content-Type": "application/json"}
+    busy = await client.post(f"/patients/{patient.id}/messages", content=raw, headers=headers)
+    _is_problem(busy, 409)
+    body = {"subject": "s", "body": "b"}
+    first = await client.post(
+        f"/patients/{patient.id}/messages", json=body, headers={"Idempotency-Key": "k1"}
+    )
+    assert first.status_code == 201
+    clock.advance(hours=25)
+    later = await client.post(
+        f"/patients/{patient.id}/messages", json=body, headers={"Idempotency-Key": "k1"}
+    )
+    assert later.status_code == 201 and later.json() != first.json()
+    assert "idempotent-replayed" not in later.headers
