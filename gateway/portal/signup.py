@@ -14,15 +14,12 @@ import logging
 from dataclasses import dataclass
 
 import pyotp
-from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from zxcvbn import zxcvbn
 
-from gateway import audit, patients, throttle, tokens
-from gateway.addresses import index_form
-from gateway.errors import InvalidAddressError, UsageError
-from gateway.models import Clinic, Patient, Token, WebSession
-from gateway.notify import Kind, Notice, enqueue
+from gateway import audit, patients, tokens
+from gateway.errors import UsageError
+from gateway.models import Clinic, Patient, Token
 from gateway.passwords import hash_password
 from gateway.portal import terms
 from gateway.services import Services
@@ -155,77 +152,3 @@ def _totp_ok(secret: str, code: str, services: Services) -> bool:
 
 def new_totp_secret() -> str:
     return pyotp.random_base32()
-
-
-async def request_reset(services: Services, email: str) -> None:
-    """Queue a reset email if an active account has this address; silent otherwise."""
-    now = services.clock.now()
-    try:
-        normal = index_form(email.strip())
-    except InvalidAddressError:
-        return
-    key = services.keyring.blind_index(normal, "reset")
-    async with services.transaction() as s:
-        if await throttle.hit(s, throttle.RESET, key, now) is not None:
-            return
-        idx = patients.email_index(services.keyring, normal)
-        found = (
-            await s.scalars(
-                select(Patient).where(Patient.email_index == idx, Patient.password_hash != "")
-            )
-        ).all()
-        for patient in found:
-            enrolment = await patients.current_enrolment(s, patient.id)
-            if enrolment is None or patient.status == "disabled":
-                continue
-            await enqueue(
-                s,
-                services.keyring,
-                notice=Notice(kind=Kind.PASSWORD_RESET),
-                clinic_id=enrolment.clinic_id,
-                recipient=patient.email,
-                now=now,
-                language=patient.language,
-                patient_id=patient.id,
-            )
-            await audit.record(
-                s, "anonymous", "patient.reset_requested", "patient", patient.id, at=now
-            )
-
-
-async def reset_link_valid(session: AsyncSession, services: Services, value: str) -> Patient | None:
-    row = await tokens.peek(session, value, "password_reset", services.clock.now())
-    if row is None or row.subject_kind != "patient":
-        return None
-    return await session.get(Patient, row.subject_id)
-
-
-async def complete_reset(services: Services, value: str, password: str, confirm: str) -> str:
-    """Set a new password from a reset link; ends every session of the account."""
-    now = services.clock.now()
-    async with services.sessions() as s:
-        patient = await reset_link_valid(s, services, value)
-        if patient is None:
-            raise FormProblem("token", "invalid")
-        inputs = _user_inputs(patient)
-    problem = await asyncio.to_thread(password_problem, password, confirm, inputs)
-    if problem is not None:
-        raise problem
-    hashed = await asyncio.to_thread(hash_password, password)
-    async with services.transaction() as s:
-        patient = await reset_link_valid(s, services, value)
-        if patient is None:
-            raise FormProblem("token", "invalid")
-        await tokens.consume(s, value, "password_reset", now)
-        await tokens.revoke_for_subject(s, "patient", patient.id, "password_reset", now)
-        patient.password_hash = hashed
-        patient.failed_logins, patient.locked_until = 0, None
-        await s.execute(
-            delete(WebSession).where(
-                WebSession.principal_kind == "patient", WebSession.principal_id == patient.id
-            )
-        )
-        await audit.record(
-            s, f"patient:{patient.id}", "patient.password_reset", "patient", patient.id, at=now
-        )
-        return patient.id

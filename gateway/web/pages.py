@@ -86,8 +86,8 @@ async def switch_language(request: Request, code: str, next: str = "/") -> Respo
 
 
 @router.get("/staff/login")
-async def staff_login_form(request: Request, next: str = "") -> HTMLResponse:
-    return render(request, "staff-login.html.j2", error=None, next=next, email="")
+async def staff_login_form(request: Request, next: str = "", done: str = "") -> HTMLResponse:
+    return render(request, "staff-login.html.j2", error=None, next=next, email="", done=done)
 
 
 @router.post("/staff/login", dependencies=[Depends(sessions.check_csrf)])
@@ -99,7 +99,13 @@ async def staff_login(request: Request) -> Response:
         staff_id = await sessions.authenticate(services_of(request), "staff", email, password, code)
     except sessions.SignInError as exc:
         return render(
-            request, "staff-login.html.j2", status_code=401, error=exc, next=nxt, email=email
+            request,
+            "staff-login.html.j2",
+            status_code=401,
+            error=exc,
+            next=nxt,
+            email=email,
+            done="",
         )
     await sessions.start_session(request, "staff", staff_id)
     target = sessions.safe_next(nxt, "/staff", ("/staff", "/admin"))

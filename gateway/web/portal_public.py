@@ -18,6 +18,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from gateway import tokens
 from gateway.portal import enrolment, signup, terms
+from gateway.portal import reset as reset_mod
 from gateway.portal.signup import FormProblem
 from gateway.web import sessions
 from gateway.web.health import services_of
@@ -206,23 +207,37 @@ async def view_thread_link(request: Request, token: str) -> Response:
     return RedirectResponse(f"/portal/login?next={target}", status_code=303)
 
 
-# -- password reset --------------------------------------------------------------------------
+# -- password reset (patients at /portal/reset, staff at /staff/reset; one link page) --------
 
 
 @router.get("/portal/reset")
 async def reset_request_form(request: Request) -> HTMLResponse:
-    return render(request, "portal/reset-request.html.j2")
+    return render(request, "portal/reset-request.html.j2", action="/portal/reset")
 
 
-@router.post("/portal/reset", dependencies=CSRF)
-async def reset_request(request: Request) -> Response:
+@router.get("/staff/reset")
+async def staff_reset_request_form(request: Request) -> HTMLResponse:
+    return render(request, "portal/reset-request.html.j2", action="/staff/reset")
+
+
+async def _request_reset(request: Request, kind: str) -> Response:
     form = await request.form()
     services, started = services_of(request), time.monotonic()
-    await signup.request_reset(services, _form_str(form, "email"))
+    await reset_mod.request_reset(services, _form_str(form, "email"), kind)
     # Same answer and same minimum time whether or not the address has an account.
     floor = services.config.web.enrol_min_answer_ms / 1000
     await asyncio.sleep(max(0.0, floor - (time.monotonic() - started)))
     return RedirectResponse("/portal/reset/sent", status_code=303)
+
+
+@router.post("/portal/reset", dependencies=CSRF)
+async def reset_request(request: Request) -> Response:
+    return await _request_reset(request, "patient")
+
+
+@router.post("/staff/reset", dependencies=CSRF)
+async def staff_reset_request(request: Request) -> Response:
+    return await _request_reset(request, "staff")
 
 
 @router.get("/portal/reset/sent")
@@ -235,14 +250,14 @@ async def _reset_page(
 ) -> HTMLResponse:
     services = services_of(request)
     async with services.sessions() as s:
-        patient = await signup.reset_link_valid(s, services, token)
-    if patient is None:
+        target = await reset_mod.link_target(s, services, token)
+    if target is None:
         return render(request, "portal/link-invalid.html.j2", status_code=404, kind="reset")
     return render(
         request,
         "portal/reset-form.html.j2",
         status_code=status,
-        lang=language_of(request, patient.language),
+        lang=language_of(request, target.language),
         token=token,
         problem=problem,
     )
@@ -250,6 +265,7 @@ async def _reset_page(
 
 @router.api_route("/reset/{token}", methods=["GET", "HEAD"])
 async def reset_form(request: Request, token: str) -> HTMLResponse:
+    """The new-password form. Peeks only: GET/HEAD never consume the link."""
     return await _reset_page(request, token)
 
 
@@ -257,11 +273,12 @@ async def reset_form(request: Request, token: str) -> HTMLResponse:
 async def reset(request: Request, token: str) -> Response:
     form = await request.form()
     try:
-        await signup.complete_reset(
+        kind = await reset_mod.complete_reset(
             services_of(request), token, _form_str(form, "password"), _form_str(form, "confirm")
         )
     except FormProblem as problem:
         if problem.code == "invalid":
             return render(request, "portal/link-invalid.html.j2", status_code=404, kind="reset")
         return await _reset_page(request, token, 400, problem)
-    return RedirectResponse("/portal/login?done=reset", status_code=303)
+    login = "/staff/login" if kind == "staff" else "/portal/login"
+    return RedirectResponse(f"{login}?done=reset", status_code=303)

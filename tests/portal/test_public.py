@@ -252,3 +252,32 @@ async def test_no_phi_in_urls_titles_or_error_pages(
     async with services.sessions() as s:
         ctx = (await s.scalars(select(Notification.context))).all()
     assert CANARY_TEXT not in repr(ctx)
+
+
+async def test_staff_password_reset_uses_the_same_link_page(
+    services: Services, world: World, client: httpx.AsyncClient
+) -> None:
+    clinic = await world.clinic()
+    await world.staff(clinic, email="nurse@clinic.example")
+    page = await client.get("/staff/reset")
+    r = await client.post(
+        "/staff/reset", data={"csrf_token": csrf_of(page.text), "email": "nurse@clinic.example"}
+    )
+    assert r.headers["location"] == "/portal/reset/sent"
+    sent = await deliver(services)
+    assert [m.message["To"] for m in sent] == ["nurse@clinic.example"]
+    link = sent[0].link("/reset/")
+    assert (await client.head(link)).status_code == 200
+    form = await client.get(link)
+    new = "copper meadow falcon 64"
+    r = await client.post(
+        link, data={"csrf_token": csrf_of(form.text), "password": new, "confirm": new}
+    )
+    assert r.status_code == 303 and r.headers["location"] == "/staff/login?done=reset"
+    login = await client.get(r.headers["location"])
+    assert "Your password has been changed" in login.text
+    r = await client.post(
+        "/staff/login",
+        data={"csrf_token": csrf_of(login.text), "email": "nurse@clinic.example", "password": new},
+    )
+    assert r.status_code == 303
