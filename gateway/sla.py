@@ -19,7 +19,9 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import holidays as holidays_lib
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from gateway import audit
 from gateway.errors import UsageError
 from gateway.models import Clinic
 
@@ -236,3 +238,68 @@ def deadlines(
         due_at(clinic, start, business_hours * warn_fraction),
         due_at(clinic, start, business_hours),
     )
+
+
+def format_hours(doc: dict[str, Any]) -> dict[str, str]:
+    """``{"mon": "08:00-12:00,13:00-17:00", ...}`` for forms and listings ('' = closed)."""
+    parsed = parse_business_hours(doc or {})
+    return {
+        day: ",".join(f"{a:%H:%M}-{b:%H:%M}" for a, b in parsed.get(i, []))
+        for i, day in enumerate(DAYS)
+    }
+
+
+def hours_from_text(values: dict[str, str]) -> dict[str, Any]:
+    """The inverse of :func:`format_hours`: what a form or the CLI gives, as stored JSON."""
+    out: dict[str, Any] = {}
+    for day, text in values.items():
+        text = text.strip()
+        if not text:
+            continue
+        periods = []
+        for part in text.split(","):
+            start, sep, end = part.strip().partition("-")
+            if not sep:
+                raise UsageError(
+                    f"business hours for {day}: write opening periods like 08:00-17:00"
+                )
+            periods.append([start.strip(), end.strip()])
+        out[day] = periods[0] if len(periods) == 1 else periods
+    parse_business_hours(out)  # validates, naming the day and the fix
+    return out
+
+
+async def update_calendar(
+    session: AsyncSession,
+    clinic: Clinic,
+    *,
+    timezone: str | None = None,
+    business_hours: dict[str, Any] | None = None,
+    holidays: list[str] | None = None,
+    holiday_country: str | None = None,
+    actor: str,
+) -> Clinic:
+    """Change a clinic's calendar; everything is validated before anything is changed.
+
+    Running SLA clocks keep the deadline they were given: a new calendar applies to clocks
+    started from now on (a patient was already told when to expect a reply).
+    """
+    if timezone is not None:
+        parse_timezone(timezone)
+    if business_hours is not None:
+        parse_business_hours(business_hours)
+    dates = (
+        sorted(d.isoformat() for d in parse_holidays(holidays)) if holidays is not None else None
+    )
+    country = check_holiday_country(holiday_country) if holiday_country is not None else None
+    if timezone is not None:
+        clinic.timezone = timezone
+    if business_hours is not None:
+        clinic.business_hours = business_hours
+    if dates is not None:
+        clinic.holidays = dates
+    if country is not None:
+        clinic.holiday_country = country
+    await session.flush()
+    await audit.record(session, actor, "clinic.calendar", "clinic", clinic.id)
+    return clinic

@@ -18,7 +18,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway import audit, pools, sla, threads
+from gateway import audit, digests, pools, sla, threads
 from gateway.errors import CarebridgeError, UsageError
 from gateway.models import Clinic, Patient, Pool, Result, Staff, Thread
 from gateway.models.org import REQUEST_TYPES
@@ -337,6 +337,7 @@ async def _setup_page(
         staff=staff,
         request_types=[*REQUEST_TYPES, "*"],
         quick_replies=list(await pools.quick_replies(s, clinic.id)),
+        hours=sla.format_hours(clinic.business_hours or {}),
         error=error,
     )
 
@@ -402,6 +403,22 @@ async def _apply(
             await pools.remove_member(s, pool=pool, staff_id=staff_id, actor=actor)
         else:
             await pools.set_supervisor(s, pool=pool, staff_id=staff_id or None, actor=actor)
+    elif action == "calendar":
+        await sla.update_calendar(
+            s,
+            clinic,
+            timezone=f.get("timezone", "").strip() or "UTC",
+            business_hours=sla.hours_from_text({d: f.get(f"hours_{d}", "") for d in sla.DAYS}),
+            holidays=[line.strip() for line in f.get("holidays", "").splitlines() if line.strip()],
+            holiday_country=f.get("holiday_country", ""),
+            actor=actor,
+        )
+        wanted = f.get("staff_email_replies") == "1"
+        if clinic.staff_email_replies != wanted:
+            clinic.staff_email_replies = wanted
+            await audit.record(
+                s, actor, "clinic.staff_email_replies", "clinic", clinic.id, enabled=wanted
+            )
     elif action == "add-quick-reply":
         await pools.add_quick_reply(
             s, clinic_id=clinic.id, title=f.get("title", ""), body=f.get("body", ""), actor=actor
@@ -428,3 +445,32 @@ async def setup_change(request: Request, principal: ClinicAdmin) -> Response:
             return await _setup_page(request, s, me, here, error=str(exc), status_code=422)
     suffix = f"?clinic={here.slug}" if me.role == "operator" else ""
     return RedirectResponse(f"/staff/setup{suffix}", status_code=303)
+
+
+# -- my notification preferences -----------------------------------------------------------
+
+
+@router.get("/preferences", response_class=HTMLResponse)
+async def preferences(request: Request, principal: AnyStaff) -> Response:
+    async with services_of(request).transaction() as s:
+        me = await _me(s, principal)
+        return render(request, "staff/preferences.html.j2", me=me, modes=digests.DIGEST_MODES)
+
+
+@router.post("/preferences", dependencies=CSRF)
+async def save_preferences(request: Request, principal: AnyStaff) -> Response:
+    """Digest timing, urgent-only digests, and whether SLA breaches reach me as on-call."""
+    form = await _form(request)
+    mode = form.get("digest", "immediate")
+    if mode not in digests.DIGEST_MODES:
+        raise HTTPException(status_code=422, detail="Choose one of the listed digest options.")
+    async with services_of(request).transaction() as s:
+        me = await _me(s, principal)
+        me.preferences = {
+            **(me.preferences or {}),
+            "digest": mode,
+            "urgent_only": form.get("urgent_only") == "1",
+            "on_call": form.get("on_call") == "1",
+        }
+        await audit.record(s, principal.actor, "staff.preferences", "staff", me.id)
+    return RedirectResponse("/staff/preferences", status_code=303)

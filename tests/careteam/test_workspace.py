@@ -320,3 +320,67 @@ async def test_clinic_admin_edits_routing_in_order(
     )
     assert bad.status_code == 422
     assert "routing.add" in await _actions(services) and "routing.move" in await _actions(services)
+
+
+async def test_admin_sets_hours_and_holidays_and_staff_set_preferences(
+    services: Services, world: World, clock: FakeClock, browser: httpx.AsyncClient
+) -> None:
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    from gateway.models import Clinic, Staff
+
+    chi = ZoneInfo("America/Chicago")
+    clinic = await world.clinic()
+    patient = await world.patient(clinic)
+    admin = await world.staff(clinic, email="admin@clinic.example", role="clinic_admin")
+    await sign_in(browser, "admin@clinic.example")
+    form = {
+        "action": "calendar", "timezone": "America/Chicago", "hours_mon": "09:00-13:00",
+        "hours_tue": "09:00-13:00", "holidays": "2026-03-09\n", "holiday_country": "us",
+        "staff_email_replies": "1",
+    }  # fmt: skip
+    r = await post(browser, "/staff/setup", "/staff/setup", form)
+    assert r.status_code == 303
+    async with services.sessions() as s:
+        c = await s.get(Clinic, clinic.id)
+        assert c is not None
+        assert c.business_hours == {"mon": ["09:00", "13:00"], "tue": ["09:00", "13:00"]}
+        assert c.holidays == ["2026-03-09"] and c.holiday_country == "US"
+        assert c.staff_email_replies is True
+    # Friday evening: Monday is a listed holiday, so the reply is due Tuesday at 13:00.
+    clock.set(datetime(2026, 3, 6, 18, 0, tzinfo=chi).astimezone(UTC))
+    async with services.transaction() as s:
+        c = await s.get(Clinic, clinic.id)
+        assert c is not None
+        t = await threads.create_thread(
+            s,
+            services,
+            patient=patient,
+            clinic=c,
+            request_type="question",
+            subject="q",
+            body="b",
+            actor="test",
+        )
+        assert t.sla_due_at is not None
+        assert t.sla_due_at.astimezone(chi) == datetime(2026, 3, 10, 13, 0, tzinfo=chi)
+    await sign_in(browser, "admin@clinic.example")  # the clock jump ended the session
+
+    for bad in ({"hours_wed": "9 to 5"}, {"timezone": "Mars/Olympus"}, {"holidays": "soon"},
+                {"holiday_country": "XX"}):  # fmt: skip
+        r = await post(browser, "/staff/setup", "/staff/setup", {**form, **bad})
+        assert r.status_code == 422, bad
+    async with services.sessions() as s:
+        c = await s.get(Clinic, clinic.id)
+        assert c is not None and c.timezone == "America/Chicago"  # nothing half-applied
+
+    r = await post(browser, "/staff/preferences", "/staff/preferences",
+                   {"digest": "hourly", "on_call": "1"})  # fmt: skip
+    assert r.status_code == 303
+    async with services.sessions() as s:
+        me = await s.get(Staff, admin.id)
+        assert me is not None
+        assert me.preferences == {"digest": "hourly", "urgent_only": False, "on_call": True}
+    bad_mode = await post(browser, "/staff/preferences", "/staff/preferences", {"digest": "x"})
+    assert bad_mode.status_code == 422
