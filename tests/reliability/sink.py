@@ -115,6 +115,8 @@ class Sink:
             await self._session(reader, writer, conn)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            return  # the sink is stopping: the session ends here, quietly
         finally:
             writer.close()
 
