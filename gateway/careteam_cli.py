@@ -183,3 +183,88 @@ def pool_add_member(
 
     _run(ctx, go)
     typer.echo("member added")
+
+
+calendar_app = typer.Typer(
+    help="A clinic's opening hours and holidays (reply deadlines count only open time).",
+    no_args_is_help=True,
+)
+
+
+@calendar_app.command("show")
+def calendar_show(ctx: typer.Context, clinic: ClinicOpt, as_json: JsonOpt = False) -> None:
+    """Show the timezone, opening hours per day and the holidays."""
+    import json
+
+    from gateway import sla
+
+    async def go(services: Services) -> dict[str, Any]:
+        async with services.sessions() as s:
+            c = await clinics.get_clinic(s, clinic)
+            return {
+                "timezone": c.timezone,
+                "hours": sla.format_hours(c.business_hours or {}),
+                "holidays": list(c.holidays or []),
+                "holiday_country": c.holiday_country,
+                "staff_email_replies": c.staff_email_replies,
+            }
+
+    doc = _run(ctx, go)
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2))
+        return
+    typer.echo(f"timezone  {doc['timezone']}")
+    for day, text in doc["hours"].items():
+        typer.echo(f"{day:<9} {text or 'closed'}")
+    typer.echo(f"holidays  {', '.join(doc['holidays']) or '(none)'}")
+    typer.echo(f"country   {doc['holiday_country'] or '(none)'}")
+
+
+@calendar_app.command("set")
+def calendar_set(
+    ctx: typer.Context,
+    clinic: ClinicOpt,
+    timezone: Annotated[str | None, typer.Option(help="IANA name, e.g. America/Chicago.")] = None,
+    hours: Annotated[
+        list[str] | None,
+        typer.Option("--hours", help="DAY=PERIODS, e.g. mon=08:00-17:00 or sat= (closed)."),
+    ] = None,
+    holiday: Annotated[
+        list[str] | None, typer.Option("--holiday", help="A closed date (YYYY-MM-DD); repeat.")
+    ] = None,
+    clear_holidays: Annotated[bool, typer.Option(help="Remove every listed holiday.")] = False,
+    country: Annotated[
+        str | None, typer.Option(help="Public holidays of (e.g. US; '' none).")
+    ] = None,
+) -> None:
+    """Change the calendar; days not named in --hours keep their hours."""
+    from gateway import sla
+
+    async def go(services: Services) -> None:
+        async with services.transaction() as s:
+            c = await clinics.get_clinic(s, clinic)
+            new_hours = None
+            if hours:
+                current = sla.format_hours(c.business_hours or {})
+                for item in hours:
+                    day, sep, periods = item.partition("=")
+                    day = day.strip().lower()[:3]
+                    if not sep or day not in sla.DAYS:
+                        raise UsageError(f"--hours {item!r}: use DAY=PERIODS, e.g. mon=08:00-17:00")
+                    current[day] = periods
+                new_hours = sla.hours_from_text(current)
+            dates = None
+            if clear_holidays or holiday:
+                dates = ([] if clear_holidays else list(c.holidays or [])) + list(holiday or [])
+            await sla.update_calendar(
+                s,
+                c,
+                timezone=timezone,
+                business_hours=new_hours,
+                holidays=dates,
+                holiday_country=country,
+                actor="cli",
+            )
+
+    _run(ctx, go)
+    typer.echo("calendar updated")

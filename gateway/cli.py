@@ -20,7 +20,7 @@ import typer
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from gateway import apikey_cli, audit, clinics, db, domains_cli, keys, patients, registration, staff
-from gateway.careteam_cli import pool_app, routing_app
+from gateway.careteam_cli import calendar_app, pool_app, routing_app
 from gateway.config import Config, load_config
 from gateway.crypto import KeyRing, load_keyring, write_keyring
 from gateway.errors import CarebridgeError, KeyFileError, UsageError
@@ -54,6 +54,7 @@ app.add_typer(domains_cli.app, name="domain")
 app.add_typer(apikey_cli.app, name="apikey")
 app.add_typer(routing_app, name="routing")
 app.add_typer(pool_app, name="pool")
+app.add_typer(calendar_app, name="calendar")
 app.add_typer(queue_cli.app, name="queue")
 app.add_typer(quarantine_cli.app, name="quarantine")
 app.add_typer(library_cli.app, name="library")

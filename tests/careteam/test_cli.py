@@ -100,3 +100,20 @@ def test_routing_rules_in_order_and_editable(cfg: Path) -> None:
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "pizza" in bad.stderr
     table = cb(cfg, "pool", "list", "--clinic", "north")
     assert "refills" in table.stdout and "dr-x" in table.stdout
+
+
+def test_calendar_show_and_set(cfg: Path) -> None:
+    shown = json.loads(cb(cfg, "calendar", "show", "--clinic", "north", "--json").stdout)
+    assert shown["timezone"] == "America/Chicago"
+    assert shown["hours"]["mon"] == "08:00-17:00" and shown["hours"]["sat"] == ""
+    r = cb(cfg, "calendar", "set", "--clinic", "north", "--hours", "sat=09:00-12:00",
+           "--hours", "fri=", "--holiday", "2026-12-25", "--country", "US")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    shown = json.loads(cb(cfg, "calendar", "show", "--clinic", "north", "--json").stdout)
+    assert shown["hours"]["sat"] == "09:00-12:00" and shown["hours"]["fri"] == ""
+    assert shown["hours"]["mon"] == "08:00-17:00"
+    assert shown["holidays"] == ["2026-12-25"] and shown["holiday_country"] == "US"
+    bad = cb_process(cfg, "calendar", "set", "--clinic", "north", "--hours", "mon=8-5pm")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "mon" in bad.stderr
+    shown = json.loads(cb(cfg, "calendar", "show", "--clinic", "north", "--json").stdout)
+    assert shown["hours"]["mon"] == "08:00-17:00"
