@@ -158,3 +158,20 @@ async def _remind(
     await audit.record(session, "system", "appointment.remind", "appointment", appt.id, at=now)
     log.info("reminder queued appointment=%s", appt.id)
     return True
+
+
+async def upcoming_for(
+    session: AsyncSession, patient_id: str, now: datetime
+) -> Sequence[Appointment]:
+    """A patient's coming appointments, soonest first (for the portal's "see your appointment")."""
+    return (
+        await session.scalars(
+            select(Appointment)
+            .where(
+                Appointment.patient_id == patient_id,
+                Appointment.cancelled_at.is_(None),
+                Appointment.starts_at > now,
+            )
+            .order_by(Appointment.starts_at)
+        )
+    ).all()

@@ -72,6 +72,9 @@ async def test_reminders_48h_and_2h_before_and_cancel(
     clock.advance(minutes=30)
     assert (await sched.tick()).reminders == 0
     assert await _reminders(services) == 2
+    async with services.sessions() as s:
+        upcoming = await appointments.upcoming_for(s, patient.id, clock.now())
+        assert [a.id for a in upcoming] == [appt.id]  # the cancelled one is not listed
 
 
 async def test_late_booking_gets_only_the_near_reminder(
