@@ -121,6 +121,8 @@ class DeliveryPart:
             except Exception as exc:
                 # Never the message: exceptions from drivers may quote values.
                 log.error("delivery round failed: %s", type(exc).__name__)
+                if self._stopping:
+                    break  # unrecorded rows stay 'sending'; their leases run out: resent
                 finished = outcomes + finished  # record them next round
                 jobs = []
                 with contextlib.suppress(TimeoutError):
@@ -130,6 +132,8 @@ class DeliveryPart:
                 task = asyncio.create_task(self._deliver(job))
                 in_flight.add(task)
                 task.add_done_callback(on_done(job))
+            if self._stopping and not in_flight:
+                continue  # record what finished, then leave
             if not jobs and not finished:
                 # Idle, or full: a finishing send or new work sets the event.
                 with contextlib.suppress(TimeoutError):

@@ -133,15 +133,10 @@ async def record_cancelled(
 
 # -- operators --------------------------------------------------------------------------------
 async def status(session: AsyncSession, now: datetime) -> dict[str, object]:
-    counts = dict(
-        (
-            await session.execute(
-                select(Notification.state, func.count()).group_by(Notification.state)
-            )
-        )
-        .tuples()
-        .all()
+    result = await session.execute(
+        select(Notification.state, func.count()).group_by(Notification.state)
     )
+    counts = {str(state): int(n) for state, n in result.all()}
     oldest = await session.scalar(
         select(func.min(Notification.created_at)).where(
             Notification.state.in_(("queued", "deferred", "sending"))

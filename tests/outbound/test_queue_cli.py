@@ -1,37 +1,40 @@
 """``carebridge queue``: an operator inspects and repairs the outbound queue from a shell.
 
-Runs the real command in a subprocess against the test's store. No output ever contains a
+Runs the real entry point against the test's store. No output ever contains a
 recipient address; mistakes get one line and exit code 2, never a traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import json
-import sys
 from pathlib import Path
 
 import pytest
 from sqlalchemy import update
 
+from gateway.cli import main
 from gateway.models import Notification
 from gateway.registration import invite
 
-CARBRIDGE = [sys.executable, "-c", "from gateway.cli import main; main()"]
+
+def _main(argv: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(argv)
+            code = 0
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+    return code, out.getvalue(), err.getvalue()
 
 
 async def _run(config: Path, *args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        *CARBRIDGE,
-        "--config",
-        str(config),
-        "queue",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    return proc.returncode or 0, out.decode(), err.decode()
+    """The real entry point (``carebridge --config ... queue ...``), in a thread because it
+    runs its own event loop; a subprocess per call would cost ~1 s of imports each."""
+    return await asyncio.to_thread(_main, ["--config", str(config), "queue", *args])
 
 
 async def test_status_list_show_retry_purge(services, world, tmp_path):
