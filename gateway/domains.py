@@ -463,7 +463,11 @@ async def check_records(config: Config, wanted: Sequence[DnsRecord]) -> list[Che
             return CheckResult(record, "error", [], f"DNS lookup failed ({type(exc).__name__})")
         return judge(record, found)
 
-    return list(await asyncio.gather(*(one(r) for r in wanted)))
+    results = list(await asyncio.gather(*(one(r) for r in wanted)))
+    # asyncio closes a datagram transport in a later loop iteration; give it that iteration
+    # so a short-lived loop (a CLI command) does not end with sockets still open.
+    await asyncio.sleep(0)
+    return results
 
 
 @dataclass(frozen=True)

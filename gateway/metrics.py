@@ -66,6 +66,26 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1),
             registry=r,
         )
+        # Scrape-time gauges filled by gateway.dashboard.refresh_gauges (admin area).
+        self.queue_depth_by_clinic = Gauge(
+            "carebridge_outbound_queue_depth_by_clinic",
+            "Waiting, sending and failed notifications by clinic slug",
+            ["clinic", "state"],
+            registry=r,
+        )
+        self.sla_breached_open = Gauge(
+            "carebridge_sla_breached_open_threads",
+            "Open threads already past their SLA deadline",
+            registry=r,
+        )
+        self.patients_undeliverable = Gauge(
+            "carebridge_patients_undeliverable",
+            "Patients whose address bounces (deliverability not ok)",
+            registry=r,
+        )
+        self.dkim_keys = Gauge(
+            "carebridge_dkim_keys", "Clinics' DKIM keys by state", ["state"], registry=r
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -6,7 +6,7 @@ from fastapi import FastAPI
 
 from gateway.services import Services
 from gateway.templating import build_environment
-from gateway.web import api, desk, health, metrics, pages, portal, portal_public, staff
+from gateway.web import admin, api, desk, health, metrics, pages, portal, portal_public, staff
 from gateway.web.security import SecurityHeaders
 from gateway.web.sessions import SessionMiddleware
 from gateway.web.unsubscribe import router as unsubscribe_router
@@ -29,6 +29,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(portal_public.router)
     app.include_router(portal.router)
     app.include_router(desk.router)
+    app.include_router(admin.router)
     app.include_router(staff.router)
     app.mount("/api/v1", api.create_api(services))
     app.add_middleware(SessionMiddleware, services=services)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
@@ -22,16 +24,24 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+async def _ping(services: Services) -> None:
+    async with services.engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))
+
+
 @router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
     services = services_of(request)
     checks: dict[str, bool] = {"keys": bool(services.keyring.keys)}
     try:
-        async with services.engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
+        # A hung database must make the node unready, not hang the load balancer's probe.
+        await asyncio.wait_for(_ping(services), timeout=2.0)
         checks["database"] = True
     except Exception:
         checks["database"] = False
+    # SMTP intake must be listening when enabled, even before its part has reported in.
+    if services.config.smtp.enabled:
+        checks["smtp"] = False
     checks.update(services.ready)
     ok = all(checks.values())
     return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from gateway.services import Services
+from gateway.web.app import create_app
 from tests.admin.dnsserver import Zone, dns_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,3 +92,48 @@ def cli(dns_services: Services, tmp_path: Path) -> Cli:
         },
     )
     return Cli(path)
+
+
+# -- the web app, signed in ----------------------------------------------------------------
+CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
+PASSWORD = "correct horse battery staple 42"
+
+
+def csrf_of(html: str) -> str:
+    match = CSRF_RE.search(html)
+    assert match, "no CSRF field on the page"
+    return match.group(1)
+
+
+@pytest.fixture
+async def web(dns_services: Services) -> AsyncIterator[Callable[[], httpx.AsyncClient]]:
+    """Make real HTTP clients (httpx over ASGI) on the app; each keeps its own cookies."""
+    app = create_app(dns_services)
+    made: list[httpx.AsyncClient] = []
+
+    def new() -> httpx.AsyncClient:
+        c = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
+        made.append(c)
+        return c
+
+    yield new
+    for c in made:
+        await c.aclose()
+
+
+async def sign_in(client: httpx.AsyncClient, email: str) -> None:
+    page = await client.get("/staff/login")
+    r = await client.post(
+        "/staff/login",
+        data={"email": email, "password": PASSWORD, "next": "/admin",
+              "csrf_token": csrf_of(page.text)},
+    )  # fmt: skip
+    assert r.status_code == 303, r.text
+
+
+async def post_page(
+    client: httpx.AsyncClient, page: str, action: str, data: dict[str, str]
+) -> httpx.Response:
+    """POST a form the way a browser does: with the CSRF token from the page it is on."""
+    html = (await client.get(page)).text
+    return await client.post(action, data={**data, "csrf_token": csrf_of(html)})

@@ -1,0 +1,310 @@
+"""The admin pages under ``/admin`` for operators (every clinic) and clinic admins (their own).
+
+Dashboard (queue, deferrals, delivery latency and bounce-rate charts, inbound volume, SLA
+breaches, enrolment funnel, deliverability problems), the audit log with filters, and the
+relay-domain wizard. Every page shows ids, counts and states only: never a patient's name,
+address or message. Every POST is CSRF-checked and audited (by the functions it calls).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import HTMLResponse, Response
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway import dashboard, domains
+from gateway.clinics import get_clinic, list_clinics
+from gateway.dashboard import AuditFilter, Scope
+from gateway.errors import CarebridgeError, NotFoundError
+from gateway.models import Clinic
+from gateway.web import charts, sessions
+from gateway.web.health import services_of
+from gateway.web.pages import render
+from gateway.web.sessions import Principal
+
+router = APIRouter(prefix="/admin", include_in_schema=False)
+ADMIN_ROLES = ("operator", "clinic_admin")
+require_admin = sessions.require_staff(*ADMIN_ROLES)
+require_operator = sessions.require_staff("operator")
+CSRF = [Depends(sessions.check_csrf)]
+AdminPrincipal = Annotated[Principal, Depends(require_admin)]
+
+
+@dataclass(frozen=True)
+class View:
+    """Whose data a page shows: one clinic, or every clinic for an operator."""
+
+    principal: Principal
+    clinic: Clinic | None
+    clinics: list[Clinic]
+
+    @property
+    def scope(self) -> Scope:
+        return Scope(self.clinic.id if self.clinic else None)
+
+    @property
+    def operator(self) -> bool:
+        return self.principal.role == "operator"
+
+    @property
+    def query(self) -> str:
+        """Keeps an operator's chosen clinic across the admin pages' links."""
+        return f"?clinic={self.clinic.slug}" if self.operator and self.clinic else ""
+
+
+async def _view(session: AsyncSession, principal: Principal, slug: str | None) -> View:
+    if principal.role != "operator":
+        # A clinic admin only ever sees their own clinic, whatever the URL says.
+        clinic = await session.get(Clinic, principal.clinic_id) if principal.clinic_id else None
+        if clinic is None:
+            raise HTTPException(status_code=403, detail="Your account has no clinic.")
+        return View(principal, clinic, [clinic])
+    every = list(await list_clinics(session))
+    if not slug:
+        return View(principal, None, every)
+    try:
+        return View(principal, await get_clinic(session, slug), every)
+    except NotFoundError:
+        raise HTTPException(status_code=404, detail="No such clinic.") from None
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "none waiting"
+    return charts.seconds(seconds)
+
+
+@router.get("", response_class=HTMLResponse)
+async def dashboard_page(request: Request, principal: AdminPrincipal, clinic: str = "") -> Response:
+    services = services_of(request)
+    now = services.clock.now()
+    async with services.sessions() as s:
+        view = await _view(s, principal, clinic)
+        scope = view.scope
+        depth = await dashboard.queue_depth(s, scope)
+        oldest = await dashboard.oldest_waiting(s, scope)
+        days = await dashboard.daily(s, scope, now)
+        data: dict[str, Any] = {
+            "depth": depth,
+            "totals": dashboard.totals_by_state(depth),
+            "clinic_rows": sorted({slug for slug, _ in depth}),
+            "oldest_age": _age((now - oldest).total_seconds() if oldest else None),
+            "reasons": await dashboard.deferral_reasons(s, scope),
+            "days": days,
+            "held": await dashboard.quarantine_held(s, scope),
+            "breaches": await dashboard.sla_breaches(s, scope),
+            "funnel": await dashboard.funnel(s, scope),
+            "problems": await dashboard.deliverability_problems(s, scope),
+        }
+    labels = [d.day.strftime("%m-%d") for d in days]
+    data["latency_chart"] = charts.line_chart(
+        "latency",
+        "Delivery latency per day (enqueue to relay acceptance)",
+        labels,
+        [
+            charts.Series("median", [d.latency_p50 for d in days]),
+            charts.Series("95th percentile", [d.latency_p95 for d in days]),
+        ],
+        unit=charts.seconds,
+    )
+    data["bounce_chart"] = charts.line_chart(
+        "bounces",
+        "Bounce rate per day",
+        labels,
+        [charts.Series("bounced / (sent + bounced)", [d.bounce_rate for d in days])],
+        unit=charts.percent,
+    )
+    data["volume_chart"] = charts.line_chart(
+        "volume",
+        "Messages per day",
+        labels,
+        [
+            charts.Series("sent", [float(d.sent) for d in days]),
+            charts.Series("inbound", [float(d.inbound) for d in days]),
+            charts.Series("quarantined", [float(d.quarantined) for d in days]),
+        ],
+        unit=lambda v: f"{v:.0f}",
+    )
+    return render(request, "admin/dashboard.html.j2", view=view, **data)
+
+
+def _parse_day(value: str, field: str) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=UTC)
+    except ValueError:
+        raise ValueError(f"{field} must be a date as YYYY-MM-DD") from None
+
+
+@router.get("/audit", response_class=HTMLResponse)
+async def audit_page(
+    request: Request,
+    principal: AdminPrincipal,
+    clinic: str = "",
+    actor: str = "",
+    action: str = "",
+    object_type: str = "",
+    object_id: str = "",
+    since: str = "",
+    until: str = "",
+    before: int | None = None,
+) -> Response:
+    services = services_of(request)
+    form = {
+        "actor": actor[:80],
+        "action": action[:64],
+        "object_type": object_type[:40],
+        "object_id": object_id[:64],
+        "since": since[:10],
+        "until": until[:10],
+    }
+    error = None
+    try:
+        start, end = _parse_day(since, "From"), _parse_day(until, "Until")
+    except ValueError as exc:
+        start = end = None
+        error = str(exc)
+    f = AuditFilter(
+        actor=form["actor"],
+        action=form["action"],
+        object_type=form["object_type"],
+        object_id=form["object_id"],
+        since=start,
+        until=end + timedelta(days=1) if end else None,
+        before_seq=before,
+    )
+    async with services.sessions() as s:
+        view = await _view(s, principal, clinic)
+        events = [] if error else await dashboard.audit_events(s, view.scope, f, limit=50)
+    older = None
+    if len(events) == 50:
+        params = {k: v for k, v in form.items() if v}
+        if view.operator and view.clinic:
+            params["clinic"] = view.clinic.slug
+        older = "/admin/audit?" + urlencode({**params, "before": events[-1].seq})
+    return render(
+        request,
+        "admin/audit.html.j2",
+        status_code=400 if error else 200,
+        view=view,
+        events=events,
+        form=form,
+        error=error,
+        older=older,
+    )
+
+
+# -- relay domains -------------------------------------------------------------------------
+async def _domain_page(
+    request: Request,
+    view: View,
+    *,
+    report: domains.CheckReport | None = None,
+    error: str | None = None,
+    notice: str | None = None,
+    status_code: int = 200,
+) -> Response:
+    services = services_of(request)
+    records: list[domains.DnsRecord] = []
+    keys: list[Any] = []
+    if view.clinic is not None:
+        async with services.sessions() as s:
+            clinic = await s.get(Clinic, view.clinic.id)
+            assert clinic is not None
+            keys = await domains.clinic_keys(s, clinic)
+            if clinic.sending_domain and clinic.reply_domain:
+                records = domains.records(services.config, clinic, keys)
+    return render(
+        request,
+        "admin/domains.html.j2",
+        status_code=status_code,
+        view=view,
+        records=records,
+        keys=keys,
+        report=report,
+        error=error,
+        notice=notice,
+    )
+
+
+@router.get("/domains", response_class=HTMLResponse)
+async def domains_page(request: Request, principal: AdminPrincipal, clinic: str = "") -> Response:
+    async with services_of(request).sessions() as s:
+        view = await _view(s, principal, clinic)
+    return await _domain_page(request, view)
+
+
+async def _form_clinic(request: Request, principal: Principal) -> tuple[View, dict[str, str]]:
+    form = {k: str(v) for k, v in (await request.form()).items()}
+    async with services_of(request).sessions() as s:
+        view = await _view(s, principal, form.get("clinic", ""))
+    if view.clinic is None:
+        raise HTTPException(status_code=400, detail="Choose a clinic first.")
+    return view, form
+
+
+@router.post("/domains", dependencies=CSRF, response_class=HTMLResponse)
+async def set_domains(request: Request, principal: AdminPrincipal) -> Response:
+    view, form = await _form_clinic(request, principal)
+    services = services_of(request)
+    assert view.clinic is not None
+    try:
+        async with services.transaction() as s:
+            clinic = await get_clinic(s, view.clinic.slug)
+            result = await domains.add_domains(
+                s,
+                clinic,
+                sending_domain=form.get("sending_domain", ""),
+                reply_domain=form.get("reply_domain", ""),
+                now=services.clock.now(),
+                actor=principal.actor,
+            )
+    except CarebridgeError as exc:
+        return await _domain_page(request, view, error=str(exc), status_code=400)
+    made = len(result.created_keys)
+    return await _domain_page(
+        request,
+        view,
+        notice=f"Domains saved; {made} new DKIM keys. Publish the records below, then check.",
+    )
+
+
+@router.post("/domains/check", dependencies=CSRF, response_class=HTMLResponse)
+async def check_domains(request: Request, principal: AdminPrincipal) -> Response:
+    view, _ = await _form_clinic(request, principal)
+    assert view.clinic is not None
+    try:
+        report = await domains.check_clinic(
+            services_of(request), view.clinic.slug, actor=principal.actor
+        )
+    except CarebridgeError as exc:
+        return await _domain_page(request, view, error=str(exc), status_code=400)
+    return await _domain_page(request, view, report=report)
+
+
+@router.post("/domains/rotate", dependencies=CSRF, response_class=HTMLResponse)
+async def rotate(request: Request, principal: AdminPrincipal) -> Response:
+    view, form = await _form_clinic(request, principal)
+    services = services_of(request)
+    assert view.clinic is not None
+    finish = form.get("finish") == "1"
+    try:
+        async with services.transaction() as s:
+            clinic = await get_clinic(s, view.clinic.slug)
+            fn = domains.finish_rotation if finish else domains.rotate_dkim
+            keys = await fn(s, clinic, now=services.clock.now(), actor=principal.actor)
+    except CarebridgeError as exc:
+        return await _domain_page(request, view, error=str(exc), status_code=400)
+    selectors = ", ".join(k.selector for k in keys) or "none"
+    notice = (
+        f"Retired: {selectors}. Remove their records from DNS."
+        if finish
+        else f"New selectors {selectors}. Publish them; signing switches once a check sees them."
+    )
+    return await _domain_page(request, view, notice=notice)

@@ -1,0 +1,227 @@
+"""An operator watches the outbound queue: the dashboard, /metrics and ``queue status`` agree.
+
+A queued, a deferred and a failed notification (plus sent and bounced history) are put in the
+store; the operator signs in over real HTTP and reads the dashboard; Prometheus scrapes
+/metrics; the CLI prints ``queue status --json``. The counts must match everywhere, and no
+PHI may appear in a page, a metric label or a deferral reason.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import select, update
+
+from gateway import domains, notify
+from gateway.clinics import get_clinic
+from gateway.models import AuditEvent, Clinic, Patient
+from gateway.notify import Kind, Notice
+from gateway.services import Services
+from tests.admin.conftest import Cli, post_page, sign_in
+from tests.conftest import CANARY_EMAIL, CANARY_FAMILY, CANARY_GIVEN, FakeClock, World
+
+CANARIES = (CANARY_EMAIL, CANARY_GIVEN, CANARY_FAMILY, "canary-zq7")
+
+
+async def _notification(
+    services: Services, clinic: Clinic, patient: Patient, state: str, **fields: Any
+) -> str:
+    async with services.transaction() as s:
+        row = await notify.enqueue(
+            s,
+            services.keyring,
+            notice=Notice(Kind.PASSWORD_RESET),  # never coalesced: one row each
+            clinic_id=clinic.id,
+            recipient=patient.email,
+            now=services.clock.now() - timedelta(minutes=30),
+            patient_id=patient.id,
+        )
+        row.state = state
+        for k, v in fields.items():
+            setattr(row, k, v)
+        return row.id
+
+
+async def _story(services: Services, world: World, clock: FakeClock) -> dict[str, Any]:
+    north = await world.clinic("north")
+    south = await world.clinic("south")
+    p = await world.patient(
+        north, given_name=CANARY_GIVEN, family_name=CANARY_FAMILY, email=CANARY_EMAIL
+    )
+    q = await world.patient(south)
+    now = clock.now()
+    await _notification(services, north, p, "queued")
+    await _notification(
+        services, north, p, "deferred", last_error="451 4.7.1 greylisted, try again later"
+    )
+    # A relay's reply can quote the address; the dashboard must not show it.
+    await _notification(
+        services, north, p, "failed", last_error=f"550 5.1.1 <{CANARY_EMAIL}>: no such user"
+    )
+    for minutes in (1, 2, 3):
+        await _notification(
+            services, south, q, "sent", sent_at=now - timedelta(minutes=30 - minutes)
+        )
+    await _notification(services, south, q, "bounced")
+    async with services.transaction() as s:
+        await s.execute(update(Patient).where(Patient.id == q.id).values(deliverability="hard"))
+    await world.staff(None, role="operator", email="ops@carebridge.example")
+    await world.staff(south, role="clinic_admin", email="admin@south.example")
+    return {"north": north, "south": south, "p": p, "q": q}
+
+
+def _cell(html: str, attr: str) -> int:
+    import re
+
+    m = re.search(rf"<td {attr}>(\d+)</td>", html)
+    assert m, attr
+    return int(m.group(1))
+
+
+async def test_queue_counts_agree_on_dashboard_metrics_and_cli(
+    services: Services, world: World, clock: FakeClock, web, cli: Cli
+) -> None:
+    story = await _story(services, world, clock)
+    ops = web()
+    await sign_in(ops, "ops@carebridge.example")
+    page = await ops.get("/admin")
+    assert page.status_code == 200, page.text
+    html = page.text
+    for state, n in {"queued": 1, "deferred": 1, "failed": 1, "sent": 3, "bounced": 1}.items():
+        assert _cell(html, f'data-total="{state}"') == n, state
+    assert _cell(html, 'data-clinic="north" data-state="deferred"') == 1
+    assert _cell(html, 'data-clinic="south" data-state="queued"') == 0
+    assert "greylisted" in html and "&lt;address&gt;" in html
+    assert 'id="oldest-age">30.0 min<' in html
+    assert "<svg" in html and "style=" not in html and "<script" not in html
+    assert story["q"].id in html  # deliverability problem, by id
+    assert _cell(html, 'data-step="enrolled"') == 2
+    for canary in CANARIES:
+        assert canary.lower() not in html.lower()
+
+    scrape = await web().get("/metrics")
+    families = {f.name: f for f in text_string_to_metric_families(scrape.text)}
+    by_state = {
+        s.labels["state"]: s.value for s in families["carebridge_outbound_queue_depth"].samples
+    }
+    assert (by_state["queued"], by_state["deferred"], by_state["failed"]) == (1, 1, 1)
+    by_clinic = {
+        (s.labels["clinic"], s.labels["state"]): s.value
+        for s in families["carebridge_outbound_queue_depth_by_clinic"].samples
+    }
+    assert by_clinic[("north", "deferred")] == 1 and by_clinic[("south", "queued")] == 0
+    assert families["carebridge_outbound_oldest_queued_seconds"].samples[0].value == 1800
+    assert families["carebridge_patients_undeliverable"].samples[0].value == 1
+    labels = {v for f in families.values() for s in f.samples for v in s.labels.values()}
+    allowed = {"north", "south", "pending", "active", "retiring", "retired"}
+    from gateway.models.outbound import NOTIFICATION_STATES
+
+    assert labels <= allowed | set(NOTIFICATION_STATES) | {"+Inf"} | {
+        str(b) for f in families.values() for s in f.samples for b in [s.labels.get("le")] if b
+    }
+    for canary in CANARIES:
+        assert canary.lower() not in scrape.text.lower()
+
+    status = cli("queue", "status", "--json")
+    if "No such command" in status.stderr:
+        pytest.skip("the outbound helper's 'queue status' command is not registered yet")
+    assert status.returncode == 0, status.stderr
+    counts = json.loads(status.stdout)["counts"]
+    assert (counts["queued"], counts["deferred"], counts["failed"]) == (1, 1, 1)
+
+
+async def test_clinic_admin_sees_only_their_clinic(
+    services: Services, world: World, clock: FakeClock, web
+) -> None:
+    await _story(services, world, clock)
+    admin = web()
+    await sign_in(admin, "admin@south.example")
+    html = (await admin.get("/admin?clinic=north")).text  # the URL cannot widen the scope
+    assert 'data-clinic="north"' not in html
+    assert _cell(html, 'data-total="sent"') == 3
+    assert _cell(html, 'data-total="deferred"') == 0
+    assert _cell(html, 'data-step="enrolled"') == 1
+
+
+async def test_only_admin_roles_get_in(services: Services, world: World, web) -> None:
+    clinic = await world.clinic("east")
+    await world.staff(clinic, role="nurse", email="nurse@east.example")
+    anonymous = await web().get("/admin")
+    assert anonymous.status_code == 303 and "/staff/login" in anonymous.headers["location"]
+    nurse = web()
+    await sign_in(nurse, "nurse@east.example")
+    assert (await nurse.get("/admin")).status_code == 403
+    assert (await nurse.get("/admin/audit")).status_code == 403
+
+
+async def test_audit_log_filters_and_rejects_bad_dates(
+    services: Services, world: World, clock: FakeClock, web
+) -> None:
+    await _story(services, world, clock)
+    ops = web()
+    await sign_in(ops, "ops@carebridge.example")
+    html = (await ops.get("/admin/audit", params={"action": "clinic."})).text
+    assert html.count("clinic.create") == 2 and "patient.enrol" not in html
+    bad = await ops.get("/admin/audit", params={"since": "yesterday"})
+    assert bad.status_code == 400 and "YYYY-MM-DD" in bad.text
+
+
+async def test_domain_wizard_on_the_web_is_audited(
+    services: Services, world: World, web, dns
+) -> None:
+    zone, _ = dns
+    clinic = await world.clinic("west")
+    await world.staff(clinic, role="clinic_admin", email="admin@west.example")
+    admin = web()
+    await sign_in(admin, "admin@west.example")
+    r = await post_page(admin, "/admin/domains", "/admin/domains",
+                        {"clinic": "west", "sending_domain": "west.example",
+                         "reply_domain": "not a domain"})  # fmt: skip
+    assert r.status_code == 400 and "reply domain" in r.text
+    r = await post_page(admin, "/admin/domains", "/admin/domains",
+                        {"clinic": "west", "sending_domain": "west.example",
+                         "reply_domain": "reply.west.example"})  # fmt: skip
+    assert r.status_code == 200 and "_dmarc.west.example" in r.text
+    assert r.text.count("._domainkey.west.example") == 2
+    no_csrf = await admin.post("/admin/domains/check", data={"clinic": "west"})
+    assert no_csrf.status_code == 403
+
+    checked = await post_page(admin, "/admin/domains", "/admin/domains/check", {"clinic": "west"})
+    assert 'data-record="_dmarc.west.example" data-status="missing"' in checked.text
+    async with services.sessions() as s:
+        c = await get_clinic(s, "west")
+        zone.publish(
+            [r.to_json() for r in domains.records(services.config, c,
+                                                  await domains.clinic_keys(s, c))]
+        )  # fmt: skip
+    checked = await post_page(admin, "/admin/domains", "/admin/domains/check", {"clinic": "west"})
+    assert "All records are published correctly." in checked.text
+    rotated = await post_page(admin, "/admin/domains", "/admin/domains/rotate", {"clinic": "west"})
+    assert rotated.status_code == 200 and "(pending)" in rotated.text
+
+    async with services.sessions() as s:
+        events = list(await s.execute(select(AuditEvent.action, AuditEvent.actor).where(
+            AuditEvent.object_id == clinic.id,
+            AuditEvent.action.startswith("domain."))))  # fmt: skip
+    assert {a for a, _ in events} == {"domain.add", "domain.check", "domain.dkim_rotate"}
+    assert all(actor.startswith("staff:") for _, actor in events)
+
+
+async def test_readiness_needs_database_keys_and_smtp(services: Services, with_config, web) -> None:
+    client = web()
+    r = await client.get("/readyz")
+    assert r.status_code == 503 and r.json()["checks"]["smtp"] is False
+    services.ready["smtp"] = True
+    r = await client.get("/readyz")
+    assert r.status_code == 200 and r.json()["checks"] == {
+        "keys": True,
+        "database": True,
+        "smtp": True,
+    }
+    services.ready["smtp"] = False  # the intake stopped: the node leaves the load balancer
+    assert (await client.get("/readyz")).status_code == 503
+    assert (await client.get("/healthz")).status_code == 200
