@@ -85,7 +85,6 @@ class Node:
             },
             "delivery": {
                 "relay": self.relay,
-                "lease_seconds": 3,
                 "poll_seconds": 0.2,
                 "base_backoff_seconds": 1,
                 "max_backoff_seconds": 2,

@@ -26,6 +26,7 @@ from tests.reliability.harness import (
     wait_drained,
 )
 from tests.reliability.procs import Node, prepare_store
+from tests.reliability.scanning import run_cli
 from tests.reliability.sink import Sink
 
 
@@ -36,6 +37,7 @@ class CrashResult:
     seconds: float
     inbound_retries: int
     failures: dict[str, int] = field(default_factory=dict)
+    cli_audit: str = ""  # what `carebridge audit verify` printed after the run
 
     def lines(self) -> list[str]:
         return [
@@ -43,6 +45,7 @@ class CrashResult:
             f"SMTP attempts that did not get 250 and were retried: {self.inbound_retries}",
             f"client-side failures seen: {self.failures}",
             *self.reckoning.lines(),
+            f"carebridge audit verify: {self.cli_audit}",
         ]
 
 
@@ -63,7 +66,9 @@ async def run_crash(
     keys_file, seeded = await prepare_store(workdir, store_url, patients)
     sink = await Sink().start()
     dns = LoopbackDns().start()
-    node = Node("node1", workdir, store_url, keys_file, sink.address, dns.nameserver)
+    # A short lease, so rows a killed worker had claimed are retried within seconds.
+    fast = {"delivery": {"lease_seconds": 5}}
+    node = Node("node1", workdir, store_url, keys_file, sink.address, dns.nameserver, fast)
     services = await open_store(store_url, keys_file)
     started = time.monotonic()
     try:
@@ -82,12 +87,14 @@ async def run_crash(
         await wait_drained(services, drain_timeout)
         await node.stop()
         result = await reckon(services, set(load_in.accepted), [sink])
+        verify = await asyncio.to_thread(run_cli, node.config_path, "audit", "verify")
         return CrashResult(
             result,
             node.kills,
             time.monotonic() - started,
             load_in.attempts - len(load_in.accepted) - len(load_in.refused),
             dict(load_in.failures),
+            f"exit {verify.returncode}: {(verify.stdout + verify.stderr).strip()[:200]}",
         )
     finally:
         await node.kill()
