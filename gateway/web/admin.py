@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, HTTPException, Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway import dashboard, domains
@@ -308,3 +308,104 @@ async def rotate(request: Request, principal: AdminPrincipal) -> Response:
         else f"New selectors {selectors}. Publish them; signing switches once a check sees them."
     )
     return await _domain_page(request, view, notice=notice)
+
+
+# -- quarantine ----------------------------------------------------------------------------
+async def _item_in_view(request: Request, principal: Principal, item_id: str) -> dict[str, Any]:
+    """The item's PHI-free summary, or 404 when it is not in this admin's clinic."""
+    from gateway import quarantine
+
+    async with services_of(request).sessions() as s:
+        view = await _view(s, principal, "")
+        try:
+            item, inbound = await quarantine.get_item(s, item_id)
+        except NotFoundError:
+            raise HTTPException(status_code=404, detail="No such quarantine item.") from None
+    if view.clinic is not None and inbound.clinic_id != view.clinic.id:
+        raise HTTPException(status_code=404, detail="No such quarantine item.")
+    out = quarantine.summary(item, inbound)
+    out["detail"] = dashboard.scrub_reason(out["detail"]) if out["detail"] else ""
+    return out
+
+
+@router.get("/quarantine", response_class=HTMLResponse)
+async def quarantine_list(
+    request: Request, principal: AdminPrincipal, clinic: str = "", state: str = "held"
+) -> Response:
+    state = state if state in ("held", "released", "discarded") else "held"
+    async with services_of(request).sessions() as s:
+        view = await _view(s, principal, clinic)
+        items = await dashboard.quarantine_items(s, view.scope, state=state)
+    return render(request, "admin/quarantine.html.j2", view=view, items=items, state=state)
+
+
+@router.get("/quarantine/{item_id}", response_class=HTMLResponse)
+async def quarantine_show(request: Request, item_id: str, principal: AdminPrincipal) -> Response:
+    item = await _item_in_view(request, principal, item_id)
+    async with services_of(request).sessions() as s:
+        view = await _view(s, principal, "")
+    return render(request, "admin/quarantine-item.html.j2", view=view, item=item, raw=None)
+
+
+@router.post("/quarantine/{item_id}/read", dependencies=CSRF, response_class=HTMLResponse)
+async def quarantine_read(request: Request, item_id: str, principal: AdminPrincipal) -> Response:
+    """Show the held message itself: a PHI read, audited by ``quarantine.read_raw``."""
+    from gateway import quarantine
+
+    item = await _item_in_view(request, principal, item_id)
+    services = services_of(request)
+    async with services.sessions() as s:
+        view = await _view(s, principal, "")
+    try:
+        raw = await quarantine.read_raw(services, item_id, principal.actor)
+    except CarebridgeError as exc:
+        return render(
+            request,
+            "admin/quarantine-item.html.j2",
+            status_code=400,
+            view=view,
+            item=item,
+            raw=None,
+            error=str(exc),
+        )
+    text = raw[:200_000].decode("utf-8", "replace")
+    return render(request, "admin/quarantine-item.html.j2", view=view, item=item, raw=text)
+
+
+@router.post("/quarantine/{item_id}/{action}", dependencies=CSRF)
+async def quarantine_act(
+    request: Request, item_id: str, action: str, principal: AdminPrincipal
+) -> Response:
+    """Release (re-run the intake path) or discard (erase the message); both audited."""
+    from gateway import quarantine
+    from gateway.inbound.intake import Intake
+
+    if action not in ("release", "discard"):
+        raise HTTPException(status_code=404, detail="No such action.")
+    await _item_in_view(request, principal, item_id)
+    services = services_of(request)
+    try:
+        if action == "discard":
+            await quarantine.discard(services, item_id, principal.actor)
+            note = "discarded"
+        else:
+            intake = Intake(services)
+            try:
+                released = await quarantine.release(services, intake, item_id, principal.actor)
+            finally:
+                await intake.close()
+            note = "quarantined-again" if released.quarantined_again else "released"
+    except CarebridgeError as exc:
+        item = await _item_in_view(request, principal, item_id)
+        async with services.sessions() as s:
+            view = await _view(s, principal, "")
+        return render(
+            request,
+            "admin/quarantine-item.html.j2",
+            status_code=400,
+            view=view,
+            item=item,
+            raw=None,
+            error=str(exc),
+        )
+    return RedirectResponse(f"/admin/quarantine?done={note}", status_code=303)
