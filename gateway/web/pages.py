@@ -27,7 +27,11 @@ _LANG_MAX_AGE = 365 * 24 * 3600
 
 
 def language_of(request: Request, preferred: str | None = None) -> str:
-    """Cookie choice first, then the account's language, then the browser's, then English."""
+    """``?lang=`` (the switch just clicked), then the cookie, then the account's language,
+    then the browser's, then English."""
+    asked = request.query_params.get("lang")
+    if asked in LANGUAGES:
+        return str(asked)
     chosen = request.scope.get("state", {}).get(sessions.LANG_COOKIE)
     if chosen in LANGUAGES:
         return str(chosen)
@@ -51,7 +55,18 @@ def render(
     """Render ``templates/web/<template>`` with the shared page context."""
     env = request.app.state.templates
     assert isinstance(env, Environment)
-    language = lang or language_of(request)
+    asked = request.query_params.get("lang")
+    if asked in LANGUAGES:
+        # Remember the switch for the next pages (works without JavaScript).
+        sessions.queue_cookie(
+            request,
+            sessions.cookie_header(
+                services_of(request), sessions.LANG_COOKIE, asked, max_age=_LANG_MAX_AGE
+            ),
+        )
+        language = str(asked)
+    else:
+        language = lang or language_of(request)
     ctx: dict[str, Any] = {
         **gettext_for(language),
         "csrf_field": sessions.csrf_field(request),

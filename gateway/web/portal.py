@@ -82,6 +82,13 @@ async def thread(
     )
 
 
+@router.get("/portal/threads/{thread_id}/reply")
+async def reply_page(thread_id: str) -> Response:
+    """A reply page re-requested by GET (e.g. the language switch): back to the thread."""
+    target = f"/portal/threads/{thread_id}" if thread_id.isalnum() else "/portal"
+    return RedirectResponse(target, status_code=303)
+
+
 @router.post("/portal/threads/{thread_id}/reply", dependencies=CSRF)
 async def reply(request: Request, thread_id: str, principal: Principal = Patient) -> Response:
     services = services_of(request)

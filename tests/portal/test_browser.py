@@ -202,9 +202,15 @@ async def test_patient_journey_in_chromium(
         ("/portal/results", "14-results"),
         ("/portal/library", "15-library"),
         ("/portal/preferences", "16-preferences"),
-        ("/lang/es?next=/portal", "17-inbox-es"),
     ):
         await page.goto(base + path)
         await audit.check(page, name)
+    await page.goto(f"{base}/portal")
+    await page.get_by_role("link", name="Español").click()
+    await page.wait_for_url(f"{base}/portal?lang=es")
     assert await page.get_attribute("html", "lang") == "es"
+    await page.get_by_role("link", name="Nueva solicitud").first.click()  # the choice sticks
+    assert await page.get_attribute("html", "lang") == "es"
+    assert "Los mensajes se responden en un día hábil." in await page.content()
+    await audit.check(page, "17-compose-es")
     assert audit.critical() == [], audit.findings

@@ -246,6 +246,13 @@ async def test_no_phi_in_urls_titles_or_error_pages(
         if resp.status_code >= 400:
             for canary in (CANARY_GIVEN, CANARY_FAMILY, CANARY_EMAIL, CANARY_TEXT):
                 assert canary not in resp.text, path
+    # A path someone typed (or a link token) is never echoed back into the page.
+    for path in (
+        f"/r/{CANARY_GIVEN}aaaaaaaaaaaaaaaaaaaaaaaaaa",
+        f"/t/{CANARY_FAMILY}bbbbbbbbbbbbbbbbbbbbbbbb",
+    ):
+        resp = await client.get(path)
+        assert CANARY_GIVEN not in resp.text and CANARY_FAMILY not in resp.text, path
     for canary in (CANARY_GIVEN, CANARY_FAMILY, CANARY_EMAIL, CANARY_TEXT, "Zebulon"):
         assert not any(canary.lower() in u.lower() for u in seen_urls), canary
         assert not any(canary.lower() in t.lower() for t in titles), canary
