@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway.addresses import domain_of, validate_address
 from gateway.crypto import KeyRing
 from gateway.models import Notification
+from gateway.models.types import new_id
 
 
 class Kind(StrEnum):
@@ -177,6 +178,9 @@ async def enqueue(
         if existing is not None:
             return existing
     row = Notification(
+        # The id is set here rather than at flush: callers get it at once, and a burst of
+        # enqueues costs no database round trip each (the commit writes them together).
+        id=new_id(),
         clinic_id=clinic_id,
         patient_id=patient_id,
         staff_id=staff_id,
@@ -192,5 +196,4 @@ async def enqueue(
         created_at=now,
     )
     session.add(row)
-    await session.flush()
     return row
