@@ -16,12 +16,15 @@ import logging
 import os
 from pathlib import Path
 
+import aiosmtplib
 import httpx
 import pytest
 from sqlalchemy import select
 
-from gateway import patients, staff, threads
-from gateway.models import InboundMessage, Patient, Thread
+from gateway import notify, patients, staff, threads
+from gateway.inbound.smtp import SmtpPart
+from gateway.models import InboundMessage, Notification, Patient, Thread
+from gateway.outbound.delivery import DeliveryPart
 from gateway.services import Services
 from gateway.web.app import create_app
 from tests.reliability import canary, plant
@@ -34,6 +37,8 @@ from tests.reliability.scanning import (
     sqlite_files,
     write_cli_config,
 )
+from tests.reliability.sink import Sink
+from tests.reliability.stories import reply_mail, reply_world
 
 # Short form: 1,000 patients x 11 rows = 11,000 records. bench/canary.py plants 10,000 patients.
 PATIENTS = int(os.environ.get("CAREBRIDGE_CANARY_PATIENTS", "1000"))
@@ -172,3 +177,82 @@ def _cli_outputs(services: Services, tmp_path: Path) -> dict[str, str]:
         out[" ".join(args)] = r.stdout + r.stderr
     assert '"status": "pending"' in out["patient list --json"]
     return out
+
+
+@pytest.mark.filterwarnings("ignore:The Result.tuples:sqlalchemy.exc.SADeprecationWarning")
+async def test_mail_in_and_out_leaks_nothing(rservices: Services, world, with_config, clock):
+    """A canary patient replies over SMTP; every notification goes out to a loopback relay
+    whose whole dialogue is captured; a relay that echoes the address in a 550 is met too."""
+    sink = await Sink().start()
+    svc = with_config(rservices, delivery={"relay": sink.address, "maildir": ""})
+    try:
+        with captured_logs() as logs:
+            rw = await reply_world(
+                svc,
+                world,
+                given_name=canary.given_name(3),
+                family_name=canary.family_name(3),
+                date_of_birth=canary.CANARY_DOB,
+                email=canary.email_address(3),
+            )
+            smtp = SmtpPart(svc)
+            await smtp.start()
+            try:
+                _mid, raw = reply_mail(rw.patient.email, rw.address, canary.text(3, "reply"))
+                await aiosmtplib.send(
+                    raw,
+                    sender=rw.patient.email,
+                    recipients=[rw.address],
+                    hostname="127.0.0.1",
+                    port=smtp.port,
+                )
+                await smtp.intake.drain()
+            finally:
+                await smtp.stop()
+            nurse = await world.staff(rw.clinic, role="nurse")
+            async with svc.transaction() as s:
+                thread = await s.get(Thread, rw.thread.id)
+                await threads.post_staff_message(
+                    s, svc, thread=thread, staff=nurse, body=canary.text(3, "answer")
+                )
+            clock.advance(days=1)  # past every coalescing delay
+            part = DeliveryPart(svc)
+            while await part.run_once():
+                pass
+            delivered = len(sink.messages)
+            # A relay that quotes the recipient address back in its refusal.
+            sink.behaviour.rcpt_reply = "550 5.1.1 <{rcpt}>: Recipient address rejected"
+            async with svc.transaction() as s:
+                bounced = await notify.enqueue(
+                    s,
+                    svc.keyring,
+                    notice=notify.Notice(kind=notify.Kind.PASSWORD_RESET),
+                    clinic_id=rw.clinic.id,
+                    recipient=rw.patient.email,
+                    now=clock.now(),
+                    patient_id=rw.patient.id,
+                )
+            await part.run_once()
+            await part.stop()
+    finally:
+        await sink.stop()
+
+    assert delivered >= 2, f"only {delivered} notifications reached the relay"
+    assert sink.violations == []
+    async with svc.sessions() as s:
+        row = await s.get(Notification, bounced.id)
+        inbound = (await s.scalars(select(InboundMessage))).all()
+    assert row is not None and row.state == "bounced" and row.last_error, row and row.state
+    assert inbound and all(m.state != "received" for m in inbound)
+
+    scan = Scan()
+    # Envelope and headers are expected to carry the address (that is how mail is delivered);
+    # everything else on the wire must not: names, dates of birth, subjects, bodies.
+    wire = bytes(sink.transcript).replace(rw.patient.email.encode(), b"<recipient>")
+    scan.bytes("smtp dialogue", wire)
+    for i, m in enumerate(sink.messages):
+        scan.mime(f"message {i}", m.data.replace(rw.patient.email.encode(), b"<recipient>"))
+    scan.text("logs", logs.getvalue())
+    await scan_tables(svc, scan)
+    scan_files(scan, sqlite_files(svc))
+    scan.assert_clean()
