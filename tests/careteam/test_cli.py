@@ -8,6 +8,7 @@ traceback) is made by ``main()`` around the app.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,14 @@ class Ran:
 
 
 def cb(cfg: Path, *args: str) -> Ran:
-    result = CliRunner().invoke(app, ["--config", str(cfg), *args])
+    # The CLI configures the "carebridge" logger for a process of its own (handler on the
+    # runner's stderr, no propagation); put it back so later tests' caplog still sees logs.
+    logger = logging.getLogger("carebridge")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    try:
+        result = CliRunner().invoke(app, ["--config", str(cfg), *args])
+    finally:
+        logger.handlers[:], logger.level, logger.propagate = saved
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
     return Ran(result.exit_code, result.stdout, result.stderr)
@@ -117,3 +125,10 @@ def test_calendar_show_and_set(cfg: Path) -> None:
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "mon" in bad.stderr
     shown = json.loads(cb(cfg, "calendar", "show", "--clinic", "north", "--json").stdout)
     assert shown["hours"]["mon"] == "08:00-17:00"
+
+
+def test_in_process_cli_leaves_logging_as_it_found_it(cfg: Path) -> None:
+    logger = logging.getLogger("carebridge")
+    before = (logger.handlers[:], logger.propagate)
+    cb(cfg, "routing", "list", "--clinic", "north")
+    assert (logger.handlers[:], logger.propagate) == before
