@@ -91,6 +91,8 @@ class ImapPoller:
     async def close(self) -> None:
         client, self.client = self.client, None
         if client is not None:
+            if client.has_pending_idle():
+                client.idle_done()
             try:
                 await client.logout()
             except Exception as exc:  # the server may already be gone
@@ -171,7 +173,7 @@ class ImapPoller:
         values = [str(v) for name in _RECIPIENT_HEADERS for v in parsed.get_all(name, [])]
         found: list[Target] = []
         now = self.services.clock.now()
-        async with self.services.sessions() as session:
+        async with self.intake.read_sessions() as session:
             for _name, address in getaddresses(values):
                 if not address:
                     continue
@@ -268,7 +270,10 @@ class ImapPart:
     async def stop(self) -> None:
         self._stopping.set()
         if self._task is not None:
-            self._task.cancel()
+            # Let it end its IDLE politely (DONE), or a LOGOUT would wait behind the IDLE.
+            done, _ = await asyncio.wait({self._task}, timeout=5)
+            if not done:
+                self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self.poller.close()

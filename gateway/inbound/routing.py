@@ -10,7 +10,9 @@ are screened for automatic replies first, which go to the auto-reply handler ins
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from datetime import datetime
 from email.message import EmailMessage
 
@@ -58,6 +60,8 @@ class Target:
     route: str
     clinic_id: str | None
     token_id: str | None
+    # When the token stops being live (None for postmaster@/abuse@): bounds any caching.
+    expires_at: datetime | None = field(default=None, compare=False)
 
     @property
     def key(self) -> str:
@@ -94,7 +98,33 @@ async def resolve_recipient(session: AsyncSession, address: str, now: datetime) 
     row = await tokens.peek(session, value, route.token_purpose, now)
     if row is None:
         return None
-    return Target(route.name, clinic.id, row.id)
+    return Target(route.name, clinic.id, row.id, row.expires_at)
+
+
+class RecipientCache:
+    """RCPT verdicts remembered for a few seconds, so a sender's retries, several messages
+    to one address and address-guessing floods do not each cost store queries. A remembered
+    "yes" never outlives its token's expiry; the handler re-checks the token anyway."""
+
+    def __init__(self, ttl_seconds: float = 30.0, size: int = 10_000) -> None:
+        self.ttl = ttl_seconds
+        self.size = size
+        self._entries: OrderedDict[str, tuple[float, Target | None]] = OrderedDict()
+
+    def get(self, address: str, now: datetime) -> tuple[bool, Target | None]:
+        entry = self._entries.get(address)
+        if entry is None or entry[0] < time.monotonic():
+            return False, None
+        target = entry[1]
+        if target is not None and target.expires_at is not None and target.expires_at <= now:
+            return False, None
+        return True, target
+
+    def put(self, address: str, target: Target | None) -> None:
+        self._entries[address] = (time.monotonic() + self.ttl, target)
+        self._entries.move_to_end(address)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
 
 
 def choose_handler(

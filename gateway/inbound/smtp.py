@@ -28,7 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from gateway.errors import SmtpReply
 from gateway.inbound.auth import Envelope
 from gateway.inbound.intake import Intake, Refused
-from gateway.inbound.routing import Target, resolve_recipient
+from gateway.inbound.routing import RecipientCache, Target, resolve_recipient
 from gateway.services import Services
 
 log = logging.getLogger("carebridge.smtp")
@@ -48,6 +48,7 @@ class IntakeHandler:
     def __init__(self, services: Services, intake: Intake) -> None:
         self.services = services
         self.intake = intake
+        self.recipients = RecipientCache()
 
     async def handle_RCPT(
         self,
@@ -60,12 +61,16 @@ class IntakeHandler:
         targets: list[Target] = getattr(envelope, "carebridge_targets", [])
         if len(targets) >= self.services.config.smtp.max_recipients:
             return SmtpReply.TOO_MANY_RECIPIENTS
-        try:
-            async with self.services.sessions() as s:
-                target = await resolve_recipient(s, address, self.services.clock.now())
-        except (SQLAlchemyError, OSError) as exc:
-            log.error("RCPT check failed (%s); answering 451", type(exc).__name__)
-            return SmtpReply.TEMPFAIL
+        now = self.services.clock.now()
+        known, target = self.recipients.get(address, now)
+        if not known:
+            try:
+                async with self.intake.read_sessions() as s:
+                    target = await resolve_recipient(s, address, now)
+            except (SQLAlchemyError, OSError) as exc:
+                log.error("RCPT check failed (%s); answering 451", type(exc).__name__)
+                return SmtpReply.TEMPFAIL
+            self.recipients.put(address, target)
         if target is None:
             return SmtpReply.NO_SUCH_USER
         envelope.rcpt_tos.append(address)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import smtplib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
@@ -194,6 +194,20 @@ async def story(inbound_services: Services) -> Story:
             actor=f"patient:{patient.id}",
         )
     return Story(inbound_services, world, clinic, patient, thread)
+
+
+@pytest.fixture
+async def make_intake() -> AsyncIterator[Callable[[Services], Intake]]:
+    """Intakes for a test, closed afterwards (each holds a read-only engine on SQLite)."""
+    made: list[Intake] = []
+
+    def make(services: Services) -> Intake:
+        made.append(Intake(services))
+        return made[-1]
+
+    yield make
+    for intake in made:
+        await intake.close()
 
 
 @pytest.fixture

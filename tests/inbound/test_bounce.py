@@ -10,7 +10,6 @@ import pytest
 from flufl.bounce import all_failures
 from sqlalchemy import select
 
-from gateway.inbound.intake import Intake
 from gateway.inbound.parsing import parse_sync
 from gateway.inbound.routing import resolve_recipient
 from gateway.models import InboundMessage, Notification, Patient, Pool, PoolMember
@@ -57,7 +56,7 @@ def _flufl_label(raw: bytes) -> str:
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-async def test_bounce_samples_are_classified_and_traced(story, name):
+async def test_bounce_samples_are_classified_and_traced(make_intake, story, name):
     services = story.services
     notification, address = await _notification(story)
     others = [await story.world.staff(story.clinic, role="front_desk")]
@@ -69,7 +68,7 @@ async def test_bounce_samples_are_classified_and_traced(story, name):
     label = _flufl_label(raw)
     assert (label == "permanent") == (EXPECTED[name] in ("hard", "policy"))
 
-    intake = Intake(services)
+    intake = make_intake(services)
     async with services.sessions() as s:
         target = await resolve_recipient(s, address, services.clock.now())
     assert target is not None and target.route == "bounce"
@@ -107,9 +106,9 @@ async def test_bounce_over_smtp_with_null_sender(story, smtp):
     assert n is not None and n.state == "bounced"
 
 
-async def test_soft_bounce_never_softens_a_hard_state(story):
+async def test_soft_bounce_never_softens_a_hard_state(make_intake, story):
     services = story.services
-    intake = Intake(services)
+    intake = make_intake(services)
     for name in ("postfix-user-unknown", "exchange-delayed"):
         _n, address = await _notification(story)
         async with services.sessions() as s:
@@ -122,7 +121,7 @@ async def test_soft_bounce_never_softens_a_hard_state(story):
     assert patient is not None and patient.deliverability == "hard"
 
 
-async def test_out_of_office_to_bounce_address_is_ignored(story):
+async def test_out_of_office_to_bounce_address_is_ignored(make_intake, story):
     services = story.services
     notification, address = await _notification(story)
     raw = compose(
@@ -132,7 +131,7 @@ async def test_out_of_office_to_bounce_address_is_ignored(story):
         body="I am out of the office until Monday.",
         headers={"Auto-Submitted": "auto-replied"},
     )
-    intake = Intake(services)
+    intake = make_intake(services)
     async with services.sessions() as s:
         target = await resolve_recipient(s, address, services.clock.now())
     assert target is not None

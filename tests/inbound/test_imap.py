@@ -21,7 +21,6 @@ from sqlalchemy import func, select
 from gateway import threads
 from gateway.config import ImapConfig
 from gateway.inbound.imap import ImapPart, ImapPoller
-from gateway.inbound.intake import Intake
 from gateway.models import ImapMailboxState, InboundMessage
 from gateway.services import Services
 from tests.inbound.conftest import Story, compose, publish_key
@@ -151,14 +150,16 @@ async def _rows(services: Services) -> list[InboundMessage]:
         return list((await s.scalars(select(InboundMessage))).all())
 
 
-async def test_reply_in_mailbox_is_filed_then_moved(story: Story, dovecot, mailbox, dns_server):
+async def test_reply_in_mailbox_is_filed_then_moved(
+    make_intake, story: Story, dovecot, mailbox, dns_server
+):
     services = _with_imap(story.services, dovecot)
     signer = publish_key(dns_server, "example.org")
     to = await story.reply_address()
     raw = signer.sign(compose(sender="pat@example.org", to=to, body="Feeling better, thanks."))
     assert (await mailbox.append(raw, mailbox="INBOX")).result == "OK"
 
-    intake = Intake(services)
+    intake = make_intake(services)
     poller = ImapPoller(services, intake, "clinic")
     try:
         assert await poller.poll_once() == 1
@@ -179,7 +180,9 @@ async def test_reply_in_mailbox_is_filed_then_moved(story: Story, dovecot, mailb
     assert state is not None and state.last_uid >= 1
 
 
-async def test_poller_killed_mid_batch_ingests_each_message_once(story, dovecot, mailbox):
+async def test_poller_killed_mid_batch_ingests_each_message_once(
+    make_intake, story, dovecot, mailbox
+):
     services = _with_imap(story.services, dovecot)
     to = f"postmaster@{story.clinic.reply_domain}"
     for i in range(5):
@@ -192,7 +195,7 @@ async def test_poller_killed_mid_batch_ingests_each_message_once(story, dovecot,
     async def kill(_uids: list[int]) -> None:
         raise Killed  # committed to the store, not yet recorded as done nor moved
 
-    first = ImapPoller(services, Intake(services), "clinic", batch=2)
+    first = ImapPoller(services, make_intake(services), "clinic", batch=2)
     first.after_store = kill
     with pytest.raises(Killed):
         await first.poll_once()
@@ -200,7 +203,7 @@ async def test_poller_killed_mid_batch_ingests_each_message_once(story, dovecot,
     assert len(await _rows(services)) == 2  # the first batch reached the store
     assert await _count(mailbox, "INBOX") == 5  # but nothing was moved
 
-    intake = Intake(services)
+    intake = make_intake(services)
     second = ImapPoller(services, intake, "clinic", batch=2)
     try:
         await second.poll_once()
@@ -215,9 +218,9 @@ async def test_poller_killed_mid_batch_ingests_each_message_once(story, dovecot,
     assert await _count(mailbox, "Processed") == 5
 
 
-async def test_idle_push_brings_new_mail(story, dovecot, mailbox):
+async def test_idle_push_brings_new_mail(make_intake, story, dovecot, mailbox):
     services = _with_imap(story.services, dovecot, idle=True)
-    intake = Intake(services)
+    intake = make_intake(services)
     part = ImapPart(services, intake, "clinic")
     arrived = asyncio.Event()
 

@@ -129,13 +129,14 @@ async def test_out_of_office_answer_is_not_filed_or_answered(story, smtp, dns_se
     assert await _quarantine_reasons(story) == []
 
 
-async def test_automated_mail_is_capped_per_sender_per_day(story, dns_server, with_config):
+async def test_automated_mail_is_capped_per_sender_per_day(
+    make_intake, story, dns_server, with_config
+):
     from gateway.inbound.auth import Envelope
-    from gateway.inbound.intake import Intake
     from gateway.inbound.routing import resolve_recipient
 
     services = with_config(story.services, inbound={"max_automated_per_day": 2})
-    intake = Intake(services)
+    intake = make_intake(services)
     to = await story.reply_address()
     async with services.sessions() as s:
         target = await resolve_recipient(s, to, services.clock.now())

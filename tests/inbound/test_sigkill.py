@@ -13,7 +13,6 @@ from pathlib import Path
 import aiosmtplib
 from sqlalchemy import select
 
-from gateway.inbound.intake import Intake
 from gateway.models import InboundMessage
 from tests.inbound.conftest import Story, compose
 
@@ -35,7 +34,7 @@ def _config(story: Story, tmp_path: Path, port: int) -> Path:
     return path
 
 
-async def test_every_acknowledged_message_survives_sigkill(story, tmp_path, free_port):
+async def test_every_acknowledged_message_survives_sigkill(make_intake, story, tmp_path, free_port):
     port = free_port()
     cfg = _config(story, tmp_path, port)
     proc = await asyncio.create_subprocess_exec(
@@ -101,7 +100,7 @@ async def test_every_acknowledged_message_survives_sigkill(story, tmp_path, free
     assert missing == []
 
     # The next start processes whatever the kill interrupted; nothing stays "received".
-    intake = Intake(story.services)
+    intake = make_intake(story.services)
     await intake.recover()
     await intake.drain()
     async with story.services.sessions() as s:
