@@ -304,3 +304,39 @@ async def test_concurrent_sessions_all_stored(story, smtp):
         n = await s.scalar(select(func.count()).select_from(InboundMessage))
     assert n == 30
     assert smtp.intake.commits <= 30
+
+
+async def test_oversized_header_block_is_refused_and_counted(story, inbound_services):
+    cfg = inbound_services.config
+    svc = dataclasses.replace(
+        inbound_services,
+        config=dataclasses.replace(
+            cfg, inbound=dataclasses.replace(cfg.inbound, max_header_bytes=1024)
+        ),
+    )
+    part = SmtpPart(svc, Intake(svc))
+    await part.start()
+    try:
+        to = f"postmaster@{story.clinic.reply_domain}"
+        headers = "".join(f"X-Filler-{i}: {'y' * 60}\r\n" for i in range(40))
+        script = (
+            f"EHLO p\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<{to}>\r\nDATA\r\n"
+            f"{headers}Subject: many headers\r\n\r\nbody\r\n.\r\nQUIT\r\n"
+        ).encode()
+        codes = _codes(await dialogue(part.port, script))
+        assert codes[-2] == "554"
+    finally:
+        await part.stop()
+    assert await _rows(story) == []
+    refused = svc.metrics.intake.labels(outcome="refused")._value.get()
+    assert refused == 1
+
+
+async def test_intake_metrics_count_outcomes(story, smtp):
+    to = f"postmaster@{story.clinic.reply_domain}"
+    raw = compose(sender="ops@example.org", to=to, body="count me")
+    await asend(smtp.port, "ops@example.org", [to], raw)
+    await smtp.intake.drain()
+    metrics = story.services.metrics.render().decode()
+    assert 'carebridge_intake_total{outcome="kept"} 1.0' in metrics
+    assert "ops@example.org" not in metrics
