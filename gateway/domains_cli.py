@@ -66,12 +66,14 @@ def add(
 def dns(ctx: typer.Context, clinic: ClinicArg, as_json: JsonOpt = False) -> None:
     """Print every DNS record the clinic must publish."""
 
-    async def go(services: Services) -> list[domains.DnsRecord]:
+    async def go(services: Services) -> tuple[list[domains.DnsRecord], str]:
         async with services.sessions() as s:
             c = await get_clinic(s, clinic)
-            return domains.records(services.config, c, await domains.clinic_keys(s, c))
+            wanted = domains.records(services.config, c, await domains.clinic_keys(s, c))
+        policy = domains.mta_sts_policy(services.config) if services.config.dns.mta_sts_mode else ""
+        return wanted, policy
 
-    wanted = _run(ctx, go)
+    wanted, policy = _run(ctx, go)
     if as_json:
         typer.echo(json.dumps([r.to_json() for r in wanted], indent=2))
         return
@@ -79,6 +81,14 @@ def dns(ctx: typer.Context, clinic: ClinicArg, as_json: JsonOpt = False) -> None
         note = f" ({r.key_state} key)" if r.key_state else ""
         typer.echo(f"; {r.kind}{note}")
         typer.echo(r.zone_line())
+    if policy:
+        mx = next(r for r in wanted if r.kind == "mx")
+        typer.echo(
+            f"; MTA-STS policy, served by the web part at "
+            f"https://mta-sts.{mx.name}/.well-known/mta-sts.txt:"
+        )
+        for line in policy.splitlines():
+            typer.echo(f";   {line}")
 
 
 @app.command("check")

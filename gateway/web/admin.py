@@ -409,3 +409,28 @@ async def quarantine_act(
             error=str(exc),
         )
     return RedirectResponse(f"/admin/quarantine?done={note}", status_code=303)
+
+
+# -- MTA-STS policy (RFC 8461) -------------------------------------------------------------
+# Served to sending MTAs at https://mta-sts.<reply domain>/.well-known/mta-sts.txt when
+# [dns] mta_sts_mode is set; its own router because it lives outside /admin.
+wellknown_router = APIRouter(include_in_schema=False)
+
+
+@wellknown_router.get("/.well-known/mta-sts.txt")
+async def mta_sts_policy(request: Request) -> Response:
+    from gateway.clinics import clinic_by_reply_domain
+
+    services = services_of(request)
+    host = request.headers.get("host", "").split(":")[0].lower().rstrip(".")
+    if not services.config.dns.mta_sts_mode or not host.startswith("mta-sts."):
+        raise HTTPException(status_code=404, detail="No MTA-STS policy here.")
+    async with services.sessions() as s:
+        clinic = await clinic_by_reply_domain(s, host.removeprefix("mta-sts."))
+    if clinic is None:
+        raise HTTPException(status_code=404, detail="No MTA-STS policy here.")
+    return Response(
+        domains.mta_sts_policy(services.config),
+        media_type="text/plain; charset=utf-8",
+        headers={"cache-control": "public, max-age=3600"},
+    )

@@ -30,6 +30,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(portal.router)
     app.include_router(desk.router)
     app.include_router(admin.router)
+    app.include_router(admin.wellknown_router)
     app.include_router(staff.router)
     app.mount("/api/v1", api.create_api(services))
     app.add_middleware(SessionMiddleware, services=services)

@@ -18,18 +18,26 @@ from sqlalchemy import select, update
 
 from gateway import domains, notify
 from gateway.clinics import get_clinic
-from gateway.models import AuditEvent, Clinic, Patient
+from gateway.models import AuditEvent, Clinic, Patient, Thread
 from gateway.notify import Kind, Notice
 from gateway.services import Services
 from tests.admin.conftest import Cli, post_page, sign_in
-from tests.conftest import CANARY_EMAIL, CANARY_FAMILY, CANARY_GIVEN, FakeClock, World
+from tests.conftest import (
+    CANARY_EMAIL,
+    CANARY_FAMILY,
+    CANARY_GIVEN,
+    CANARY_TEXT,
+    FakeClock,
+    World,
+)
 
-CANARIES = (CANARY_EMAIL, CANARY_GIVEN, CANARY_FAMILY, "canary-zq7")
+CANARIES = (CANARY_EMAIL, CANARY_GIVEN, CANARY_FAMILY, CANARY_TEXT, "canary-zq7")
 
 
 async def _notification(
     services: Services, clinic: Clinic, patient: Patient, state: str, **fields: Any
 ) -> str:
+    kind = fields.pop("kind", None)
     async with services.transaction() as s:
         row = await notify.enqueue(
             s,
@@ -41,6 +49,8 @@ async def _notification(
             patient_id=patient.id,
         )
         row.state = state
+        if kind:
+            row.kind = kind
         for k, v in fields.items():
             setattr(row, k, v)
         return row.id
@@ -67,8 +77,22 @@ async def _story(services: Services, world: World, clock: FakeClock) -> dict[str
             services, south, q, "sent", sent_at=now - timedelta(minutes=30 - minutes)
         )
     await _notification(services, south, q, "bounced")
+    await _notification(services, north, p, "sent", kind=str(Kind.REGISTRATION_INVITATION),
+                        sent_at=now)  # fmt: skip
     async with services.transaction() as s:
-        await s.execute(update(Patient).where(Patient.id == q.id).values(deliverability="hard"))
+        await s.execute(
+            update(Patient)
+            .where(Patient.id == q.id)
+            .values(deliverability="hard", email_verified_at=now, terms_agreed_at=now,
+                    status="active")
+        )  # fmt: skip
+        # One open thread past its deadline, one answered in time; the subject is PHI.
+        for breached in (True, False):
+            s.add(
+                Thread(clinic_id=north.id, patient_id=p.id, subject=CANARY_TEXT,
+                       sla_due_at=now - timedelta(hours=2),
+                       sla_breached_at=now - timedelta(hours=1) if breached else None)
+            )  # fmt: skip
     await world.staff(None, role="operator", email="ops@carebridge.example")
     await world.staff(south, role="clinic_admin", email="admin@south.example")
     return {"north": north, "south": south, "p": p, "q": q}
@@ -91,7 +115,7 @@ async def test_queue_counts_agree_on_dashboard_metrics_and_cli(
     page = await ops.get("/admin")
     assert page.status_code == 200, page.text
     html = page.text
-    for state, n in {"queued": 1, "deferred": 1, "failed": 1, "sent": 3, "bounced": 1}.items():
+    for state, n in {"queued": 1, "deferred": 1, "failed": 1, "sent": 4, "bounced": 1}.items():
         assert _cell(html, f'data-total="{state}"') == n, state
     assert _cell(html, 'data-clinic="north" data-state="deferred"') == 1
     assert _cell(html, 'data-clinic="south" data-state="queued"') == 0
@@ -99,7 +123,10 @@ async def test_queue_counts_agree_on_dashboard_metrics_and_cli(
     assert 'id="oldest-age">30.0 min<' in html
     assert "<svg" in html and "style=" not in html and "<script" not in html
     assert story["q"].id in html  # deliverability problem, by id
-    assert _cell(html, 'data-step="enrolled"') == 2
+    funnel = {k: _cell(html, f'data-step="{k}"') for k in
+              ("enrolled", "invited", "confirmed", "terms_agreed", "active")}  # fmt: skip
+    assert funnel == {"enrolled": 2, "invited": 1, "confirmed": 1, "terms_agreed": 1, "active": 1}
+    assert 'id="breach-count">1<' in html
     for canary in CANARIES:
         assert canary.lower() not in html.lower()
 
@@ -116,6 +143,7 @@ async def test_queue_counts_agree_on_dashboard_metrics_and_cli(
     assert by_clinic[("north", "deferred")] == 1 and by_clinic[("south", "queued")] == 0
     assert families["carebridge_outbound_oldest_queued_seconds"].samples[0].value == 1800
     assert families["carebridge_patients_undeliverable"].samples[0].value == 1
+    assert families["carebridge_sla_breached_open_threads"].samples[0].value == 1
     labels = {v for f in families.values() for s in f.samples for v in s.labels.values()}
     allowed = {"north", "south", "pending", "active", "retiring", "retired"}
     from gateway.models.outbound import NOTIFICATION_STATES
@@ -142,7 +170,7 @@ async def test_clinic_admin_sees_only_their_clinic(
     await sign_in(admin, "admin@south.example")
     html = (await admin.get("/admin?clinic=north")).text  # the URL cannot widen the scope
     assert 'data-clinic="north"' not in html
-    assert _cell(html, 'data-total="sent"') == 3
+    assert _cell(html, 'data-total="sent"') == 3  # north's invitation is not theirs
     assert _cell(html, 'data-total="deferred"') == 0
     assert _cell(html, 'data-step="enrolled"') == 1
 

@@ -317,3 +317,41 @@ def test_judging_is_lenient_only_where_it_is_harmless(
     record: domains.DnsRecord, found: list[str], status: str
 ) -> None:
     assert domains.judge(record, found).status == status
+
+
+async def test_mta_sts_records_check_and_the_policy_is_served(
+    dns_services: Services, dns: tuple[Zone, int], world: World, with_config, clock: FakeClock
+) -> None:
+    import httpx
+
+    from gateway.web.app import create_app
+
+    svc = with_config(dns_services, dns={"mta_sts_mode": "enforce"})
+    zone, _ = dns
+    await world.clinic("ridge")
+    async with svc.transaction() as s:
+        await domains.add_domains(
+            s, await get_clinic(s, "ridge"), sending_domain="ridge.example",
+            reply_domain="reply.ridge.example", now=clock.now(), actor="t",
+        )  # fmt: skip
+    wanted = await _publish(svc, zone, "ridge")
+    sts = {r.kind: r for r in wanted if r.kind in ("mta-sts", "tls-rpt")}
+    assert sts["mta-sts"].name == "_mta-sts.reply.ridge.example"
+    assert sts["tls-rpt"].value == "v=TLSRPTv1; rua=mailto:postmaster@reply.ridge.example"
+    assert (await domains.check_clinic(svc, "ridge", actor="t")).ok
+    zone.set("_mta-sts.reply.ridge.example", "TXT", ["v=STSv1; id=stale"])
+    report = await domains.check_clinic(svc, "ridge", actor="t")
+    assert [(r.record.kind, r.status) for r in report.results if not r.ok] == [
+        ("mta-sts", "different")
+    ]
+
+    transport = httpx.ASGITransport(app=create_app(svc))
+    async with httpx.AsyncClient(transport=transport, base_url="https://x") as client:
+        url = "/.well-known/mta-sts.txt"
+        policy = await client.get(url, headers={"host": "mta-sts.reply.ridge.example"})
+        assert policy.status_code == 200
+        assert policy.text.splitlines() == [
+            "version: STSv1", "mode: enforce", "mx: mx.test.example", "max_age: 604800"
+        ]  # fmt: skip
+        other = await client.get(url, headers={"host": "mta-sts.unknown.example"})
+        assert other.status_code == 404
