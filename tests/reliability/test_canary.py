@@ -12,6 +12,7 @@ decrypted values, and in a deliberately leaked log line.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from pathlib import Path
@@ -129,7 +130,7 @@ async def test_patient_and_care_team_stories_leak_nothing(
             )
 
         web = await _web_responses(services, patient.id)
-        cli = _cli_outputs(services, tmp_path)
+        cli = await _cli_outputs(services, tmp_path)
 
     scan = Scan()
     scan.text("logs", logs.getvalue())
@@ -162,17 +163,18 @@ async def _web_responses(services: Services, patient_id: str) -> dict[str, bytes
     return out
 
 
-def _cli_outputs(services: Services, tmp_path: Path) -> dict[str, str]:
+async def _cli_outputs(services: Services, tmp_path: Path) -> dict[str, str]:
+    """The listings an operator runs, as real processes (concurrently: each starts Python)."""
     cfg = write_cli_config(services, tmp_path / "cli.toml")
-    out = {}
-    for args in (
+    commands = [
         ("patient", "list"),
         ("patient", "list", "--json"),
-        ("clinic", "list", "--json"),
         ("staff", "list", "--json"),
         ("audit", "verify"),
-    ):
-        r = run_cli(cfg, *args)
+    ]
+    results = await asyncio.gather(*(asyncio.to_thread(run_cli, cfg, *a) for a in commands))
+    out = {}
+    for args, r in zip(commands, results, strict=True):
         assert r.returncode == 0, (args, r.stderr)
         out[" ".join(args)] = r.stdout + r.stderr
     assert '"status": "pending"' in out["patient list --json"]

@@ -16,9 +16,9 @@ import pytest
 
 from tests.reliability.scenarios import CrashResult, run_crash
 
-INBOUND = int(os.environ.get("CAREBRIDGE_CRASH_IN", "300"))
-OUTBOUND = int(os.environ.get("CAREBRIDGE_CRASH_OUT", "300"))
-KILLS = int(os.environ.get("CAREBRIDGE_CRASH_KILLS", "4"))
+INBOUND = int(os.environ.get("CAREBRIDGE_CRASH_IN", "200"))
+OUTBOUND = int(os.environ.get("CAREBRIDGE_CRASH_OUT", "200"))
+KILLS = int(os.environ.get("CAREBRIDGE_CRASH_KILLS", "3"))
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@
   RCPT (and nothing else) on the wire at a loopback sink.
 - The quote stripper: never crashes, never invents text.
 
-Example counts come from ``CAREBRIDGE_FUZZ_EXAMPLES`` (short form default 150; the full run
+Example counts come from ``CAREBRIDGE_FUZZ_EXAMPLES`` (short form default 100; the full run
 uses 10,000: ``CAREBRIDGE_FUZZ_EXAMPLES=10000 pytest tests/reliability/test_fuzz.py``).
 """
 
@@ -46,7 +46,7 @@ from tests.reliability.sink import Sink
 from tests.reliability.stories import ReplyWorld, reply_world
 from tests.reliability.strategies import hostile_address, hostile_mail, hostile_text
 
-EXAMPLES = int(os.environ.get("CAREBRIDGE_FUZZ_EXAMPLES", "150"))
+EXAMPLES = int(os.environ.get("CAREBRIDGE_FUZZ_EXAMPLES", "100"))
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=None,

@@ -1,4 +1,4 @@
-"""Soak, short form: ~20 s of steady load in and out against a real gateway process.
+"""Soak, short form: ~12 s of steady load in and out against a real gateway process.
 
 Same promises as the full run (``bench/soak.py``: 50/s each way for 10 minutes): p99
 end-of-DATA to 250 under 1 s, memory growth after warm-up under 10 %, the queue drained within
@@ -15,7 +15,7 @@ import pytest
 
 from tests.reliability.scenarios import SoakResult, run_soak
 
-SECONDS = float(os.environ.get("CAREBRIDGE_SOAK_SECONDS", "20"))
+SECONDS = float(os.environ.get("CAREBRIDGE_SOAK_SECONDS", "12"))
 RATE = float(os.environ.get("CAREBRIDGE_SOAK_RATE", "50"))
 
 
