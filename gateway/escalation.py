@@ -69,7 +69,10 @@ async def escalation_contacts(
 async def _warn(session: AsyncSession, services: Services, thread: Thread) -> None:
     now = services.clock.now()
     pool = await session.get(Pool, thread.pool_id) if thread.pool_id else None
-    members = await digests.pool_members(session, pool.id) if pool else []
+    members = list(await digests.pool_members(session, pool.id)) if pool else []
+    if not members:
+        # A pool nobody works (or no pool): the warning must still reach someone.
+        members = await escalation_contacts(session, pool, thread.clinic_id)
     for member in members:
         await enqueue(
             session,

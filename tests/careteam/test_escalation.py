@@ -137,3 +137,27 @@ async def test_breach_without_supervisor_reaches_on_call_or_admins(
         member.preferences = {"on_call": True}
         contacts = await escalation.escalation_contacts(s, None, clinic.id)
         assert [c.id for c in contacts] == [on_call.id]
+
+
+async def test_warning_for_an_empty_pool_reaches_the_escalation_contacts(
+    services: Services, world: World, clock: FakeClock
+) -> None:
+    clinic = await world.clinic()
+    patient = await world.patient(clinic)
+    admin = await world.staff(clinic, role="clinic_admin")
+    clock.set(datetime(2026, 3, 4, 8, 0, tzinfo=CHI).astimezone(UTC))
+    async with services.transaction() as s:
+        await threads.create_thread(
+            s,
+            services,
+            patient=patient,
+            clinic=clinic,
+            request_type="immunization_record",
+            subject="q",
+            body="b",
+            actor="test",
+        )
+    clock.set(datetime(2026, 3, 4, 14, 45, tzinfo=CHI).astimezone(UTC))
+    assert await escalation.run_sla_timers(services) == escalation.TimerResult(1, 0)
+    warned = [k for k in await _kinds(services) if k[0] == str(Kind.SLA_WARNING)]
+    assert warned == [(str(Kind.SLA_WARNING), admin.id, None)]
