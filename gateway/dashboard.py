@@ -135,42 +135,74 @@ def _percentile(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def _day_of(session: AsyncSession, column: Any) -> Any:
+    """The UTC day of a timestamp column as 'YYYY-MM-DD' text, computed by the database."""
+    assert session.bind is not None
+    if session.bind.dialect.name == "sqlite":
+        return func.strftime("%Y-%m-%d", column)  # stored as naive UTC text
+    return func.to_char(func.timezone("UTC", column), "YYYY-MM-DD")
+
+
+def _seconds_between(session: AsyncSession, later: Any, earlier: Any) -> Any:
+    assert session.bind is not None
+    if session.bind.dialect.name == "sqlite":
+        return (func.julianday(later) - func.julianday(earlier)) * 86400.0
+    return func.extract("epoch", later - earlier)
+
+
 async def daily(
     session: AsyncSession, scope: Scope, now: datetime, days: int = 14
 ) -> list[DayStats]:
-    """Per UTC day for the last ``days`` days: outcomes, latency, bounce rate, inbound volume."""
+    """Per UTC day (the day a notification was queued, a message received) for the last
+    ``days`` days: outcomes, latency, bounce rate, inbound volume.
+
+    Counting happens in the database; only one float per sent notification comes back, for
+    the latency percentiles (SQLite has no percentile function).
+    """
     start = _day(now) - timedelta(days=days - 1)
-    outcomes: dict[datetime, Counter[str]] = defaultdict(Counter)
-    latencies: dict[datetime, list[float]] = defaultdict(list)
-    rows = await session.execute(
-        select(Notification.state, Notification.created_at, Notification.sent_at).where(
+    n_day = _day_of(session, Notification.created_at)
+    outcomes: dict[str, Counter[str]] = defaultdict(Counter)
+    counted = await session.execute(
+        select(n_day, Notification.state, func.count())
+        .where(
             Notification.created_at >= start,
             Notification.state.in_(("sent", "bounced", "failed")),
             scope.where(Notification.clinic_id),
         )
+        .group_by(n_day, Notification.state)
     )
-    for state, created, sent in rows.all():
-        day = _day(sent or created)
-        outcomes[day][state] += 1
-        if sent is not None:
-            latencies[day].append(
-                ((_aware(sent) or sent) - (_aware(created) or created)).total_seconds()
-            )
-    inbound: dict[datetime, Counter[str]] = defaultdict(Counter)
-    rows2 = await session.execute(
-        select(InboundMessage.state, InboundMessage.received_at).where(
-            InboundMessage.received_at >= start, scope.where(InboundMessage.clinic_id)
+    for day_text, state, n in counted.all():
+        outcomes[str(day_text)][state] += int(n)
+    latencies: dict[str, list[float]] = defaultdict(list)
+    timed = await session.execute(
+        select(
+            n_day, _seconds_between(session, Notification.sent_at, Notification.created_at)
+        ).where(
+            Notification.created_at >= start,
+            Notification.state == "sent",
+            Notification.sent_at.is_not(None),
+            scope.where(Notification.clinic_id),
         )
     )
-    for state, received in rows2.all():
-        inbound[_day(received)][state] += 1
+    for day_text, seconds in timed.all():
+        latencies[str(day_text)].append(float(seconds))
+    i_day = _day_of(session, InboundMessage.received_at)
+    inbound: dict[str, Counter[str]] = defaultdict(Counter)
+    received = await session.execute(
+        select(i_day, InboundMessage.state, func.count())
+        .where(InboundMessage.received_at >= start, scope.where(InboundMessage.clinic_id))
+        .group_by(i_day, InboundMessage.state)
+    )
+    for day_text, state, n in received.all():
+        inbound[str(day_text)][state] += int(n)
     out = []
     for i in range(days):
         day = start + timedelta(days=i)
+        key = day.strftime("%Y-%m-%d")
         o, lat, inb = (
-            outcomes.get(day, Counter()),
-            latencies.get(day, []),
-            inbound.get(day, Counter()),
+            outcomes.get(key, Counter()),
+            latencies.get(key, []),
+            inbound.get(key, Counter()),
         )
         out.append(
             DayStats(
@@ -353,9 +385,7 @@ async def refresh_gauges(services: Any) -> None:
         undeliverable = int(
             await s.scalar(select(func.count()).where(Patient.deliverability != "ok")) or 0
         )
-        keys = (
-            await s.execute(select(DkimKey.state, func.count()).group_by(DkimKey.state))
-        ).all()
+        keys = (await s.execute(select(DkimKey.state, func.count()).group_by(DkimKey.state))).all()
         key_counts = {state: int(n) for state, n in keys}
         slugs = list((await s.scalars(select(Clinic.slug))).all())
     m.db_latency.observe(time.perf_counter() - started)

@@ -253,3 +253,23 @@ async def test_readiness_needs_database_keys_and_smtp(services: Services, with_c
     services.ready["smtp"] = False  # the intake stopped: the node leaves the load balancer
     assert (await client.get("/readyz")).status_code == 503
     assert (await client.get("/healthz")).status_code == 200
+
+
+async def test_daily_series_counts_latency_and_bounce_rate(
+    services: Services, world: World, clock: FakeClock
+) -> None:
+    from gateway import dashboard
+
+    story = await _story(services, world, clock)
+    async with services.sessions() as s:
+        days = await dashboard.daily(s, dashboard.Scope(), clock.now())
+        south = await dashboard.daily(s, dashboard.Scope(story["south"].id), clock.now())
+    assert len(days) == 14 and days[-1].day.date() == clock.now().date()
+    today = days[-1]
+    assert (today.sent, today.bounced, today.failed) == (4, 1, 1)
+    assert today.bounce_rate == 0.2
+    # Latencies 60, 120, 180 (south) and 1800 s (north's invitation): median index 2.
+    assert today.latency_p50 is not None and abs(today.latency_p50 - 180) < 1
+    assert today.latency_p95 is not None and abs(today.latency_p95 - 1800) < 1
+    assert all(d.sent == 0 and d.latency_p50 is None for d in days[:-1])
+    assert (south[-1].sent, south[-1].failed) == (3, 0)
