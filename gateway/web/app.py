@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.services import Services
 from gateway.templating import build_environment
@@ -33,6 +34,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(admin.wellknown_router)
     app.include_router(staff.router)
     app.mount("/api/v1", api.create_api(services))
+    app.add_exception_handler(StarletteHTTPException, pages.html_errors)
     app.add_middleware(SessionMiddleware, services=services)
     app.add_middleware(SecurityHeaders)
     return app

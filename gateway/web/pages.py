@@ -12,8 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.i18n import LANGUAGES, gettext_for
 from gateway.templating import TEMPLATES_DIR
@@ -77,6 +79,23 @@ def render(
     ctx.update(context)
     html = env.get_template(f"web/{template}").render(ctx)
     return HTMLResponse(html, status_code=status_code)
+
+
+async def html_errors(request: Request, exc: Exception) -> Response:
+    """Error pages for people: a page in their language that says what to do next.
+
+    The exception's detail is never shown (whatever raised it might have put a value in it);
+    the page is chosen by status code only. API clients (no ``text/html`` in Accept) and
+    redirects keep FastAPI's default answer.
+    """
+    assert isinstance(exc, StarletteHTTPException)
+    wants_html = "text/html" in request.headers.get("accept", "")
+    if not wants_html or exc.status_code < 400:
+        return await http_exception_handler(request, exc)
+    response = render(request, "error.html.j2", status_code=exc.status_code, code=exc.status_code)
+    for name, value in (exc.headers or {}).items():
+        response.headers.setdefault(name, value)
+    return response
 
 
 @router.get("/static/carebridge.css")

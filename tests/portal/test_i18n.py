@@ -16,6 +16,7 @@ from tests.portal.conftest import active_patient, patient_sign_in
 PORTAL_TEMPLATES = [
     TEMPLATES_DIR / "web" / "base.html.j2",
     TEMPLATES_DIR / "web" / "staff-login.html.j2",
+    TEMPLATES_DIR / "web" / "error.html.j2",
     *sorted((TEMPLATES_DIR / "web" / "portal").rglob("*.j2")),
 ]
 

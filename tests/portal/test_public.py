@@ -288,3 +288,19 @@ async def test_staff_password_reset_uses_the_same_link_page(
         data={"csrf_token": csrf_of(login.text), "email": "nurse@clinic.example", "password": new},
     )
     assert r.status_code == 303
+
+
+async def test_error_pages_for_people_are_html_and_generic(client: httpx.AsyncClient) -> None:
+    html = {"accept": "text/html,application/xhtml+xml"}
+    r = await client.get(f"/nothing/{CANARY_GIVEN}", headers=html)
+    assert r.status_code == 404 and "<title>Not found" in r.text and CANARY_GIVEN not in r.text
+    assert (await client.get("/nothing", headers={"accept": "application/json"})).json() == {
+        "detail": "Not Found"
+    }
+    await client.get("/portal/login")
+    r = await client.post("/portal/login", data={"email": CANARY_EMAIL}, headers=html)
+    assert r.status_code == 403 and "form may have expired" in r.text and CANARY_EMAIL not in r.text
+    r = await client.get("/portal", headers=html)  # redirects stay redirects
+    assert r.status_code == 303 and r.headers["location"].startswith("/portal/login")
+    r = await client.get("/nothing?lang=es", headers=html)
+    assert "Página no encontrada" in r.text
