@@ -165,9 +165,12 @@ async def test_queue_counts_agree_on_dashboard_metrics_and_cli(
 async def test_clinic_admin_sees_only_their_clinic(
     services: Services, world: World, clock: FakeClock, web
 ) -> None:
-    await _story(services, world, clock)
+    story = await _story(services, world, clock)
     admin = web()
     await sign_in(admin, "admin@south.example")
+    audit_page = (await admin.get("/admin/audit")).text
+    assert story["south"].id in audit_page and story["north"].id not in audit_page
+    assert "auth.sign_in" in audit_page  # what their own staff did
     html = (await admin.get("/admin?clinic=north")).text  # the URL cannot widen the scope
     assert 'data-clinic="north"' not in html
     assert _cell(html, 'data-total="sent"') == 3  # north's invitation is not theirs
