@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.models import Throttle
@@ -79,3 +79,16 @@ async def reset(session: AsyncSession, policy: Policy, key: str) -> None:
     )
     if row is not None:
         row.count, row.locked_until = 0, None
+
+
+async def purge_stale(session: AsyncSession, now: datetime, older_than: timedelta) -> int:
+    """Delete counters untouched for ``older_than`` and not locked (the retention job's)."""
+    result = await session.execute(
+        delete(Throttle)
+        .where(
+            Throttle.window_start < now - older_than,
+            (Throttle.locked_until.is_(None)) | (Throttle.locked_until <= now),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
