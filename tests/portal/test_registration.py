@@ -49,7 +49,9 @@ async def test_cookieless_get_and_head_five_times_consume_nothing(
     await enrol_at_desk(services, world)
     link = await registration_link(services)
     for _ in range(5):
-        async with httpx.AsyncClient(transport=client._transport, base_url="http://testserver") as bare:  # noqa: SLF001
+        async with httpx.AsyncClient(
+            transport=client._transport, base_url="http://testserver"
+        ) as bare:
             got = await bare.get(link)
             head = await bare.head(link)
         assert got.status_code == 200 and head.status_code == 200
@@ -70,7 +72,10 @@ async def test_registration_refuses_weak_passwords_and_missing_agreement(
     base = {"csrf_token": csrf_of(page.text), "terms_version": terms.CURRENT, "agree": "yes"}
     cases = [
         ({"password": "password123", "confirm": "password123"}, "too easy to guess"),
-        ({"password": f"{CANARY_GIVEN}1980!", "confirm": f"{CANARY_GIVEN}1980!"}, "too easy to guess"),
+        (
+            {"password": f"{CANARY_GIVEN}1980!", "confirm": f"{CANARY_GIVEN}1980!"},
+            "too easy to guess",
+        ),
         ({"password": "short", "confirm": "short"}, "at least 10 characters"),
         ({"password": STRONG, "confirm": STRONG + "x"}, "not the same"),
     ]
