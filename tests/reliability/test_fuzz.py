@@ -241,10 +241,10 @@ def test_hostile_names_and_subjects_add_no_header(
 
 
 @pytest.fixture
-async def wire(services: Services, with_config):  # type: ignore[no-untyped-def]
+async def wire(make_config):  # type: ignore[no-untyped-def]
+    """The real SMTP transport pointed at a recording sink (no store needed)."""
     sink = await Sink().start()
-    svc = with_config(services, delivery={"relay": sink.address})
-    transport = SmtpTransport(svc.config)
+    transport = SmtpTransport(make_config(delivery={"relay": sink.address}))
     yield sink, transport
     await transport.close()
     await sink.stop()
