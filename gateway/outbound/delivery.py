@@ -284,19 +284,21 @@ class DeliveryPart:
         self, session: AsyncSession, jobs: list[Job], worker: str, now: datetime
     ) -> None:
         metrics = self.services.metrics
-        batch = await queue.load(session, [job.notification_id for job in jobs])
-        for job in jobs:
-            if job.error is None:
-                assert job.sent_at is not None
-                await queue.record_sent(
-                    session, job.notification_id, worker=worker, accepted_at=job.sent_at
-                )
-                metrics.deliveries.labels(outcome="sent").inc()
-                metrics.delivery_latency.observe(
-                    max(0.0, (job.sent_at - job.created_at).total_seconds())
-                )
-                log.debug("notification %s sent", job.notification_id)
-                continue
+        sent = [job for job in jobs if job.error is None]
+        await queue.record_sent(
+            session, [(job.notification_id, job.sent_at or now) for job in sent], worker=worker
+        )
+        for job in sent:
+            assert job.sent_at is not None
+            metrics.deliveries.labels(outcome="sent").inc()
+            metrics.delivery_latency.observe(
+                max(0.0, (job.sent_at - job.created_at).total_seconds())
+            )
+            log.debug("notification %s sent", job.notification_id)
+        failed = [job for job in jobs if job.error is not None]
+        batch = await queue.load(session, [job.notification_id for job in failed])
+        for job in failed:
+            assert job.error is not None
             row = await queue.record_failure(
                 session,
                 job.notification_id,

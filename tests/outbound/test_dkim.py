@@ -85,12 +85,13 @@ async def test_fast_rsa_signs_much_faster_than_stock(services, world):
     signing = [dkim.SigningKey.load("clinic.example", "s1", "rsa", key.private_pem)]
     msg = b"From: a@clinic.example\r\nTo: b@example.org\r\nSubject: x\r\n\r\nbody\r\n"
     n = 40
-    started = time.perf_counter()
+    started = time.process_time()
     for _ in range(n):
         dkim.sign(msg, signing)
-    fast = time.perf_counter() - started
-    started = time.perf_counter()
+    fast = time.process_time() - started
+    started = time.process_time()
     for _ in range(n):
         dkimpy.sign(msg, b"s1", b"clinic.example", key.private_pem.encode())
-    stock = time.perf_counter() - started
+    stock = time.process_time() - started
+    # CPU time, not wall time: other load on the machine must not decide this test.
     assert fast * 3 < stock, (fast, stock)
