@@ -90,6 +90,12 @@ def records(config: Config, clinic: Clinic, keys: Sequence[DkimKey]) -> list[Dns
                     key_state=key.state,
                 )
             )
+    if not out:
+        # Without keys the list would look complete and a check would pass unsigned mail.
+        raise UsageError(
+            f"clinic {clinic.slug} has no DKIM keys for {sending}; run 'carebridge domain add "
+            f"{clinic.slug} --sending-domain {sending} --reply-domain {reply}'"
+        )
     spf = "v=spf1 " + " ".join(spf_mechanisms(config)) + " -all"
     # The From domain and the envelope (bounce+TOKEN@reply) domain are both checked by SPF.
     for domain in dict.fromkeys((sending, reply)):

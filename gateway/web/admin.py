@@ -219,7 +219,11 @@ async def _domain_page(
             assert clinic is not None
             keys = await domains.clinic_keys(s, clinic)
             if clinic.sending_domain and clinic.reply_domain:
-                records = domains.records(services.config, clinic, keys)
+                try:
+                    records = domains.records(services.config, clinic, keys)
+                except CarebridgeError:
+                    # No keys yet: the form below creates them when the domains are saved.
+                    notice = notice or "Save the domains to create the clinic's DKIM keys."
     return render(
         request,
         "admin/domains.html.j2",

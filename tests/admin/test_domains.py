@@ -15,7 +15,7 @@ from gateway.clinics import get_clinic
 from gateway.errors import UsageError
 from gateway.models import DkimKey
 from gateway.services import Services
-from tests.admin.conftest import Cli
+from tests.admin.conftest import Cli, sign_in
 from tests.admin.dnsserver import Zone
 from tests.conftest import FakeClock, World
 
@@ -355,3 +355,18 @@ async def test_mta_sts_records_check_and_the_policy_is_served(
         ]  # fmt: skip
         other = await client.get(url, headers={"host": "mta-sts.unknown.example"})
         assert other.status_code == 404
+
+
+async def test_records_need_keys_first(cli: Cli, world: World, web) -> None:
+    """A clinic made with domains but no keys is told to run 'domain add', not shown a list
+    that would pass a check while mail goes out unsigned."""
+    await world.clinic("bare", sending_domain="bare.example", reply_domain="reply.bare.example")
+    r = cli("domain", "dns", "bare")
+    assert r.returncode == 2 and "no DKIM keys" in r.stderr and "domain add bare" in r.stderr
+    r = cli("domain", "check", "bare")
+    assert r.returncode == 2 and "no DKIM keys" in r.stderr
+    await world.staff(None, role="operator", email="ops@carebridge.example")
+    ops = web()
+    await sign_in(ops, "ops@carebridge.example")
+    page = await ops.get("/admin/domains", params={"clinic": "bare"})
+    assert page.status_code == 200 and "Save the domains to create" in page.text
