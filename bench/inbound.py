@@ -113,6 +113,15 @@ def wait_port(port: int, proc: subprocess.Popen[bytes] | None = None) -> None:
     raise SystemExit(f"nothing listens on {port}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+CPU: dict[str, float] = {}
+
+
 def run_smtp_sink(messages: int, sessions: int) -> float:
     port = free_port()
     proc = subprocess.Popen([SMTP_SINK, "-u", "nobody", f"127.0.0.1:{port}", "256"])
@@ -134,6 +143,7 @@ def run_fsync_sink(messages: int, sessions: int, work: Path) -> float:
         assert proc.stdout is not None
         port = int(proc.stdout.readline())
         elapsed = drive(port, messages, sessions, "sink@example.org")
+        CPU["b"] = cpu_seconds(proc.pid)
         stored = len(os.listdir(spool))
         if stored != messages:
             raise SystemExit(f"fsync sink stored {stored} of {messages}")
@@ -240,6 +250,7 @@ def run_carebridge(
     try:
         wait_port(port, proc)
         elapsed = drive(port, messages, sessions, rcpt)
+        CPU["a"] = cpu_seconds(proc.pid)
         total, pending = asyncio.run(count_rows(cfg))
         if total != messages:
             raise SystemExit(f"carebridge stored {total} of {messages}")
@@ -278,6 +289,11 @@ def main() -> None:
     print(f"  (b) aiosmtpd + fsync per message: {rate['b']:8.0f} msg/s")
     print(f"  (c) postfix smtp-sink (no disk):  {rate['c']:8.0f} msg/s")
     print(f"  (a)/(b) = {rate['a'] / rate['b']:.2f}   (a)/(c) = {rate['a'] / rate['c']:.2f}")
+    print(
+        f"  server CPU per message until the last 250: (a) {1000 * CPU['a'] / n:.2f} ms"
+        f" (start-up and processing so far included), (b) {1000 * CPU['b'] / n:.2f} ms"
+    )
+    print(f"  load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print(
         f"  processing backlog after the last 250: {backlog:.1f} s "
         f"({n / (t_cb + backlog):.0f} msg/s end to end, authenticated and quarantined)"

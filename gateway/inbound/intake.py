@@ -41,6 +41,7 @@ from gateway.inbound.groupcommit import GroupCommitter
 from gateway.inbound.parsing import MalformedMessage
 from gateway.inbound.processing import Prepared, state_of
 from gateway.inbound.routing import Target
+from gateway.inbound.sqlitewriter import SqliteInserter
 from gateway.inbound.turns import Turns
 from gateway.models import InboundMessage
 from gateway.models.types import new_id
@@ -105,6 +106,11 @@ class Intake:
             self._write_batch, cfg.group_commit_max
         )
         self.read_sessions, self._read_engine = _reader(services)
+        self._inserter = (
+            SqliteInserter(services.config.store_url, services.keyring)
+            if db.is_sqlite(services.engine)
+            else None
+        )
         self._turns = Turns()
         self._slots = asyncio.Semaphore(max(1, cfg.process_concurrency))
         # Small processing batches: each holds the writer's turn while senders may queue.
@@ -173,6 +179,14 @@ class Intake:
             return [(await self._write([p]))[0] for p in batch]
 
     async def _write(self, batch: list[_Pending]) -> list[tuple[list[str], int]]:
+        if self._inserter is not None:
+            async with self._turns.urgent():
+                inserted = await self._inserter.insert([r for p in batch for r in p.rows])
+            out: list[tuple[list[str], int]] = []
+            for p in batch:
+                new = [str(r["id"]) for r in p.rows if r["id"] in inserted]
+                out.append((new, len(p.rows) - len(new)))
+            return out
         hashes = [str(r["message_id_hash"]) for p in batch for r in p.rows]
         results: list[tuple[list[str], int]] = []
         async with self._turns.urgent(), self.services.transaction() as session:
@@ -252,6 +266,9 @@ class Intake:
         if self._read_engine is not None:
             await self._read_engine.dispose()
             self._read_engine = None
+        if self._inserter is not None:
+            self._inserter.close()
+            self._inserter = None
 
     async def process(self, inbound_id: str) -> Outcome | None:
         """Process one stored message now; None if it was already processed."""
