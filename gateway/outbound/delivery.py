@@ -172,6 +172,7 @@ class DeliveryPart:
         out = Round()
         clinics: dict[str, Clinic] = {}
         signing: dict[str, list[DkimKey]] = {}
+        tokens = links.TokenBatch()
         for row in rows:
             clinic = clinics.get(row.clinic_id) or await session.get(Clinic, row.clinic_id)
             assert clinic is not None
@@ -190,7 +191,9 @@ class DeliveryPart:
                     log.warning("clinic %s had no DKIM keys for its domain: created", clinic.id)
                     key_rows = await dkim.ensure_domain_keys(session, clinic, now=now)
                 signing[clinic.id] = key_rows
-            addressing = await links.mint(session, self.services.config, row, clinic, now)
+            addressing = await links.mint(
+                session, self.services.config, row, clinic, now, batch=tokens
+            )
             row.message_id = headers.message_id(row.id, domain)
             row.bounce_token_id = addressing.bounce_token_id
             pool_name = None
@@ -229,6 +232,7 @@ class DeliveryPart:
                     keys=[self.keys.get(k) for k in key_rows],
                 )
             )
+        await tokens.write(session)
         return out
 
     def build(self, job: Job) -> bytes:

@@ -46,6 +46,9 @@ class EmailContext:
     pool_name: str | None = None  # staff mail only: a pool is a clinic's queue, not PHI
 
 
+_FIELDS = dataclasses.fields(EmailContext)
+
+
 @dataclass(frozen=True)
 class Rendered:
     subject: str
@@ -84,21 +87,24 @@ class Renderer:
 
     def __init__(self, env: Environment | None = None) -> None:
         self.env = env or build_environment()
+        # Compiled templates by name: get_template would stat the file on every call.
+        self._templates: dict[str, Template] = {}
 
-    def exists(self, audience: str, kind: str) -> bool:
-        try:
-            self.env.get_template(template_name(audience, kind) + ".txt.j2")
-        except Exception:
-            return False
-        return True
+    def _template(self, name: str) -> Template:
+        template = self._templates.get(name)
+        if template is None:
+            template = self._templates[name] = self.env.get_template(name)
+        return template
 
     def render(self, ctx: EmailContext) -> Rendered:
         lang = ctx.lang if ctx.lang in LANGUAGES else "en"
-        values: dict[str, Any] = {**dataclasses.asdict(ctx), **gettext_for(lang)}
+        # Shallow: every field is a plain value (asdict's deep copy costs more than render).
+        values: dict[str, Any] = {f.name: getattr(ctx, f.name) for f in _FIELDS}
+        values.update(gettext_for(lang))
         values["lang"] = lang
         name = template_name(ctx.audience, ctx.kind)
-        text_t = self.env.get_template(name + ".txt.j2")
-        html_t = self.env.get_template(name + ".html.j2")
+        text_t = self._template(name + ".txt.j2")
+        html_t = self._template(name + ".html.j2")
         return Rendered(
             subject=_subject(text_t, values),
             text=_tidy(text_t.render(values)),
