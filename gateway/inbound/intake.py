@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -53,6 +54,9 @@ log = logging.getLogger("carebridge.inbound")
 __all__ = ["Intake", "Refused", "Stored", "state_of"]
 
 PROCESS_BATCH = 10
+# Processing waits for a lull this long between stored messages, but at most MAX_DEFER.
+QUIET_SECONDS = 0.05
+MAX_DEFER_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -118,6 +122,7 @@ class Intake:
         self._queue: deque[str] = deque()
         self._queued: set[str] = set()
         self._processor: asyncio.Task[None] | None = None
+        self._last_receive = 0.0
         self._recovered = False
 
     @property
@@ -162,6 +167,7 @@ class Intake:
             }
             for t in targets
         ]
+        self._last_receive = time.monotonic()
         ids, duplicates = await self._committer.submit(_Pending(rows))
         if duplicates:
             self.services.metrics.intake.labels(outcome="duplicate").inc(duplicates)
@@ -227,8 +233,18 @@ class Intake:
         if self._processor is None or self._processor.done():
             self._processor = asyncio.create_task(self._process_loop())
 
+    async def _yield_to_senders(self) -> None:
+        """Processing is nobody's wait: while SMTP sessions are storing messages, let them
+        have the CPU, but never put processing off longer than ``MAX_DEFER_SECONDS``."""
+        deferred_since = time.monotonic()
+        while time.monotonic() - self._last_receive < QUIET_SECONDS:
+            if time.monotonic() - deferred_since > MAX_DEFER_SECONDS:
+                return
+            await asyncio.sleep(QUIET_SECONDS)
+
     async def _process_loop(self) -> None:
         while self._queue:
+            await self._yield_to_senders()
             batch = [self._queue.popleft() for _ in range(min(self._batch, len(self._queue)))]
             self._queued.difference_update(batch)
             try:
