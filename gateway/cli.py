@@ -359,7 +359,7 @@ def patient_enroll(
     async def go(services: Services) -> patients.EnrolResult:
         async with services.transaction() as s:
             c = await clinics.get_clinic(s, clinic)
-            return await patients.enroll(
+            result = await patients.enroll(
                 s,
                 services.keyring,
                 clinic=c,
