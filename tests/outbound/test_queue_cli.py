@@ -109,3 +109,22 @@ async def test_mistakes_get_one_line_and_exit_2(services, tmp_path):
         assert code == 2, (args, out, err)
         assert expected in err and "Traceback" not in err
         assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+async def test_patient_enroll_queues_the_registration_invitation(services, world, tmp_path):
+    config = tmp_path / "cli.toml"
+    config.write_text(
+        f'[store]\nurl = "{services.config.store.url}"\n[keys]\nfile = "{tmp_path / "keys.json"}"\n'
+    )
+    clinic = await world.clinic()
+    argv = [
+        "--config", str(config), "patient", "enroll", "--clinic", clinic.slug,
+        "--given-name", "Ada", "--family-name", "Lovelace", "--dob", "1980-01-02",
+        "--email", "ada@example.org",
+    ]  # fmt: skip
+    code, out, err = await asyncio.to_thread(_main, argv)
+    assert code == 0, err
+    assert "registration email queued" in out
+    code, out, _ = await _run(config, "list", "--json")
+    assert [r["kind"] for r in json.loads(out)] == ["registration_invitation"]
