@@ -12,9 +12,11 @@ import dataclasses
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from babel import Locale
 from babel.dates import format_skeleton, format_time
 from jinja2 import Environment, Template
 
@@ -71,9 +73,15 @@ def format_when(when: datetime | None, timezone: str, lang: str) -> str | None:
     except (ZoneInfoNotFoundError, ValueError):
         tz = ZoneInfo("UTC")
     local = when.astimezone(tz)
-    day = format_skeleton("MMMEd", local, tzinfo=tz, locale=lang)
-    clock = format_time(local, "short", tzinfo=tz, locale=lang)
+    day = format_skeleton("MMMEd", local, tzinfo=tz, locale=_locale(lang))
+    clock = format_time(local, "short", tzinfo=tz, locale=_locale(lang))
     return f"{day} {clock} {local.tzname() or ''}".strip()
+
+
+@cache
+def _locale(lang: str) -> Locale:
+    # Parsed once: babel would otherwise build a Locale on every call.
+    return Locale.parse(lang if lang in LANGUAGES else "en")
 
 
 def template_name(audience: str, kind: str) -> str:
