@@ -105,6 +105,12 @@ async def run(args: argparse.Namespace) -> None:
     sink, port = start_sink()
     tmp = Path(tempfile.mkdtemp(prefix="cb-bench-"))
     url = args.store_url or f"sqlite+aiosqlite:///{tmp}/bench.db"
+    scratch = None
+    if url.startswith("postgresql"):
+        # A database of its own, dropped afterwards: runs never see each other's rows.
+        scratch = f"cb_bench_{os.urandom(4).hex()}"
+        await _pg_admin(url, f'CREATE DATABASE "{scratch}"')
+        url = url.rsplit("/", 1)[0] + "/" + scratch
     try:
         await asyncio.to_thread(db.upgrade, url)
         cfg = parse_config(
@@ -224,6 +230,8 @@ async def run(args: argparse.Namespace) -> None:
     finally:
         sink.terminate()
         sink.wait()
+        if scratch is not None:
+            await _pg_admin(args.store_url, f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
 
     sent = [r for r in rows if r[0] == "sent"]
     latencies = [(r[2] - r[1]).total_seconds() * 1000 for r in sent]
@@ -255,6 +263,16 @@ async def run(args: argparse.Namespace) -> None:
         f"cpu:         {cpu_per * 1000:8.2f} ms a notification, baseline {base_cpu * 1000:.2f} ms "
         f"a message (CPU of this process, all threads; insensitive to other load)"
     )
+
+
+async def _pg_admin(url: str, sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
 
 
 class _Capture:
