@@ -19,7 +19,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -49,6 +49,7 @@ class Job:
     msg_id: str
     addressing: links.Addressing
     keys: list[dkim.SigningKey]
+    lease_until: datetime
     sent_at: datetime | None = None
     error: DeliveryError | None = None
     dead: bool = False  # our own bug (e.g. a missing template): retrying will not help
@@ -230,6 +231,7 @@ class DeliveryPart:
                     msg_id=row.message_id,
                     addressing=addressing,
                     keys=[self.keys.get(k) for k in key_rows],
+                    lease_until=row.claimed_until or now,
                 )
             )
         await tokens.write(session)
@@ -274,6 +276,12 @@ class DeliveryPart:
             ident=job.notification_id,
         )
         async with limit:
+            # Waiting for a slow domain may outlast the claim; once it could run out during
+            # the send, another node may already be sending it: leave it (no duplicate).
+            margin = timedelta(seconds=self.cfg.timeout_seconds)
+            if self.services.clock.now() + margin >= job.lease_until:
+                job.error = DeliveryError("claim nearly expired before sending", permanent=False)
+                return
             try:
                 await self.transport.send(envelope)
             except DeliveryError as exc:

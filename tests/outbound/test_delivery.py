@@ -350,3 +350,15 @@ async def test_the_part_delivers_on_its_own_when_woken(services, world, sink, re
     finally:
         await part.stop()
     assert len(sink.messages) == 1
+
+
+async def test_a_claim_that_would_run_out_during_the_send_is_not_sent(
+    services, world, sink, relay_to
+):
+    # A lease shorter than one send's timeout: sending could overlap another node's retry.
+    svc = relay_to(services, sink.port, lease_seconds=30, timeout_seconds=60)
+    _clinic, _patient, nid = await _invited(svc, world)
+    await deliver_all(svc)
+    row = await notification(svc, nid)
+    assert row.state == "deferred" and row.last_error == "claim nearly expired before sending"
+    assert sink.messages == [] and sink.rcpt_attempts == 0
