@@ -67,6 +67,8 @@ class DeliveryConfig:
     enabled: bool = True
     relay: str = ""
     maildir: str = ""
+    # One delivery loop per node keeps up to workers x claim_batch sends in flight, at most
+    # per_domain_concurrency of them to any one recipient domain.
     workers: int = 4
     per_domain_concurrency: int = 4
     max_age_hours: int = 72
