@@ -206,7 +206,9 @@ class ImapPoller:
 
         async def store(raw: bytes) -> int:
             targets = await self._targets(raw)
-            outcome = await self.intake.receive(raw, source="imap", targets=targets)
+            outcome = await self.intake.receive(
+                raw, source="imap", targets=targets, dedupe_scope=f"imap:{self.name}"
+            )
             return len(outcome.inbound_ids) if isinstance(outcome, Stored) else 0
 
         # Concurrent receives share one group commit; any failure leaves the batch unmoved.

@@ -138,8 +138,13 @@ class Intake:
         targets: Sequence[Target],
         envelope: Envelope | None = None,
         process: bool = True,
+        dedupe_scope: str | None = None,
     ) -> ReceiveOutcome:
-        """Store ``raw`` once per target; return only after the commit (or raise on failure)."""
+        """Store ``raw`` once per target; return only after the commit (or raise on failure).
+
+        Duplicates are recognised by Message-ID per target; ``dedupe_scope`` replaces the
+        target in that key where targets may change between deliveries (an IMAP message
+        fetched again after its token expired must still be recognised)."""
         cfg = self.services.config.inbound
         try:
             headers = parsing.header_block(raw, cfg.max_header_bytes)
@@ -152,7 +157,9 @@ class Intake:
         rows = [
             {
                 "id": new_id(),
-                "message_id_hash": parsing.dedupe_key(message_id, raw, t.key),
+                "message_id_hash": parsing.dedupe_key(
+                    message_id, raw, f"{dedupe_scope}:{i}" if dedupe_scope else t.key
+                ),
                 "source": source,
                 "route": t.route,
                 "token_id": t.token_id,
@@ -165,7 +172,7 @@ class Intake:
                 "attempts": 0,
                 "received_at": now,
             }
-            for t in targets
+            for i, t in enumerate(targets)
         ]
         self._last_receive = time.monotonic()
         ids, duplicates = await self._committer.submit(_Pending(rows))

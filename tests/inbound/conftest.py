@@ -197,8 +197,11 @@ async def story(inbound_services: Services) -> Story:
 
 
 @pytest.fixture
-async def make_intake() -> AsyncIterator[Callable[[Services], Intake]]:
-    """Intakes for a test, closed afterwards (each holds a read-only engine on SQLite)."""
+async def make_intake(services: Services) -> AsyncIterator[Callable[[Services], Intake]]:
+    """Intakes for a test, closed afterwards (each holds a read-only engine on SQLite).
+
+    It depends on ``services`` so it is torn down first: closing an intake finishes its
+    processing, which must happen while the store's engine is still open."""
     made: list[Intake] = []
 
     def make(services: Services) -> Intake:

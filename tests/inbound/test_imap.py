@@ -242,3 +242,36 @@ async def test_idle_push_brings_new_mail(make_intake, story, dovecot, mailbox):
     async with services.sessions() as s:
         n = await s.scalar(select(func.count()).select_from(InboundMessage))
     assert n == 1
+
+
+async def test_refetch_after_token_expiry_is_still_a_duplicate(
+    make_intake, story, dovecot, mailbox, clock
+):
+    services = _with_imap(story.services, dovecot)
+    to = await story.reply_address()
+    raw = compose(sender="pat@example.org", to=to, body="stored before the kill")
+    assert (await mailbox.append(raw, mailbox="INBOX")).result == "OK"
+
+    class Killed(BaseException):
+        pass
+
+    async def kill(_uids: list[int]) -> None:
+        raise Killed
+
+    first = ImapPoller(services, make_intake(services), "clinic")
+    first.after_store = kill
+    with pytest.raises(Killed):
+        await first.poll_once()
+    await first.close()
+    # The token expires before the poller comes back: the address no longer routes.
+    clock.advance(hours=services.config.tokens.reply_address_hours + 1)
+    intake = make_intake(services)
+    second = ImapPoller(services, intake, "clinic")
+    try:
+        await second.poll_once()
+        await intake.drain()
+    finally:
+        await second.close()
+    rows = await _rows(services)
+    assert len(rows) == 1 and rows[0].route == "reply"
+    assert await _count(mailbox, "INBOX") == 0
