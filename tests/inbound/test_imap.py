@@ -275,3 +275,30 @@ async def test_refetch_after_token_expiry_is_still_a_duplicate(
     rows = await _rows(services)
     assert len(rows) == 1 and rows[0].route == "reply"
     assert await _count(mailbox, "INBOX") == 0
+
+
+async def test_polling_fallback_without_idle(make_intake, story, dovecot, mailbox):
+    services = _with_imap(story.services, dovecot, idle=False)
+    services = dataclasses.replace(
+        services,
+        config=dataclasses.replace(
+            services.config,
+            imap={"clinic": dataclasses.replace(services.config.imap["clinic"], poll_seconds=1)},
+        ),
+    )
+    intake = make_intake(services)
+    part = ImapPart(services, intake, "clinic")
+    arrived = asyncio.Event()
+
+    async def note(_uids: list[int]) -> None:
+        arrived.set()
+
+    part.poller.after_store = note
+    await part.start()
+    try:
+        raw = compose(sender="ops@example.org", to=f"abuse@{story.clinic.reply_domain}", body="p")
+        assert (await mailbox.append(raw, mailbox="INBOX")).result == "OK"
+        await asyncio.wait_for(arrived.wait(), 5)  # picked up by the next 1 s poll
+        assert part.poller.client is not None and not part.poller.client.has_pending_idle()
+    finally:
+        await part.stop()
