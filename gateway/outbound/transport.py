@@ -161,9 +161,23 @@ class SmtpTransport:
         if envelope.tls_required and not conn.tls:
             await _quit(conn.client)
             raise DeliveryError("peer offers no STARTTLS and TLS is required", permanent=False)
+        options: list[str] = []
+        if not (envelope.recipient.isascii() and envelope.mail_from.isascii()):
+            # An internationalised address (RFC 6531) goes only to a peer offering SMTPUTF8;
+            # rewriting it is not ours to do, so without the extension it bounces.
+            if not conn.client.supports_extension("smtputf8"):
+                await _quit(conn.client)
+                raise DeliveryError(
+                    "address needs SMTPUTF8, which the peer does not offer",
+                    permanent=True,
+                    code=553,
+                )
+            options = ["SMTPUTF8"]
         try:
-            await conn.client.sendmail(envelope.mail_from, [envelope.recipient], envelope.data)
-        except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
+            await conn.client.sendmail(
+                envelope.mail_from, [envelope.recipient], envelope.data, mail_options=options
+            )
+        except (aiosmtplib.SMTPException, OSError, ssl.SSLError, UnicodeError) as exc:
             await _quit(conn.client)
             raise classify(exc, "send") from None
         pool = self._idle.setdefault((host, port, verify), [])

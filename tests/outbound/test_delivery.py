@@ -362,3 +362,23 @@ async def test_a_claim_that_would_run_out_during_the_send_is_not_sent(
     row = await notification(svc, nid)
     assert row.state == "deferred" and row.last_error == "claim nearly expired before sending"
     assert sink.messages == [] and sink.rcpt_attempts == 0
+
+
+async def test_an_internationalised_recipient_is_dead_lettered_not_rewritten(
+    services, world, sink, relay_to
+):
+    svc = relay_to(services, sink.port)
+    clinic = await world.clinic()
+    async with svc.transaction() as s:
+        row = await notify.enqueue(
+            s,
+            svc.keyring,
+            notice=Notice(kind=Kind.PASSWORD_RESET),
+            clinic_id=clinic.id,
+            recipient="pät@bücher.example",
+            now=svc.clock.now(),
+        )
+    await deliver_all(svc)
+    stored = await notification(svc, row.id)
+    assert (stored.state, stored.last_error) == ("failed", "cannot build message (ValueError)")
+    assert sink.messages == [] and b"RCPT" not in bytes(sink.raw)
