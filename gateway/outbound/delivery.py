@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import random
@@ -23,8 +24,8 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway import dkim
-from gateway.models import Clinic, DkimKey, Notification, Patient, Pool
+from gateway import dkim, staff_replies
+from gateway.models import Clinic, DkimKey, Notification, Patient, Pool, Staff
 from gateway.notify import OPTIONAL_KINDS, PATIENT_KINDS, Kind, Notice
 from gateway.outbound import headers, links, queue
 from gateway.outbound.render import EmailContext, Renderer, brand_color, format_when
@@ -184,6 +185,7 @@ class DeliveryPart:
                 self.services.metrics.deliveries.labels(outcome="cancelled").inc()
                 out.cancelled += 1
                 continue
+            notice = Notice.from_json(row.context)
             domain = links.sending_domain(clinic, self.services.config)
             key_rows = signing.get(clinic.id)
             if key_rows is None:
@@ -195,10 +197,11 @@ class DeliveryPart:
             addressing = await links.mint(
                 session, self.services.config, row, clinic, now, batch=tokens
             )
+            if row.staff_id and row.patient_id is None and notice.thread_id:
+                addressing = await self._staff_reply_to(session, addressing, row, clinic, now)
             row.message_id = headers.message_id(row.id, domain)
             row.bounce_token_id = addressing.bounce_token_id
             pool_name = None
-            notice = Notice.from_json(row.context)
             if notice.pool_id:
                 pool = await session.get(Pool, notice.pool_id)
                 pool_name = pool.name if pool is not None else None
@@ -236,6 +239,25 @@ class DeliveryPart:
             )
         await tokens.write(session)
         return out
+
+    async def _staff_reply_to(
+        self,
+        session: AsyncSession,
+        addressing: links.Addressing,
+        row: Notification,
+        clinic: Clinic,
+        now: datetime,
+    ) -> links.Addressing:
+        """Staff notices about a thread may be answered by email where the clinic allows it
+        (:mod:`gateway.staff_replies` decides, and mints the staff reply token)."""
+        staff = await session.get(Staff, row.staff_id)
+        thread_id = row.context.get("thread_id")
+        if staff is None or not isinstance(thread_id, str):
+            return addressing
+        reply_to = await staff_replies.reply_address(
+            session, self.services, clinic=clinic, staff=staff, thread_id=thread_id, now=now
+        )
+        return dataclasses.replace(addressing, reply_to=reply_to) if reply_to else addressing
 
     def build(self, job: Job) -> bytes:
         """Render, add headers and sign: the exact bytes that go on the wire."""

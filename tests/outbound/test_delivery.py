@@ -382,3 +382,45 @@ async def test_an_internationalised_recipient_is_dead_lettered_not_rewritten(
     stored = await notification(svc, row.id)
     assert (stored.state, stored.last_error) == ("failed", "cannot build message (ValueError)")
     assert sink.messages == [] and b"RCPT" not in bytes(sink.raw)
+
+
+@pytest.mark.parametrize("allowed", [True, False])
+async def test_staff_notice_about_a_thread_carries_a_staff_reply_to_only_if_allowed(
+    services, world, sink, relay_to, allowed
+):
+    from sqlalchemy import select
+
+    from gateway.models import Token
+
+    svc = relay_to(services, sink.port)
+    clinic = await world.clinic()
+    nurse = await world.staff(clinic)
+    async with svc.transaction() as s:
+        await s.execute(
+            update(Clinic).where(Clinic.id == clinic.id).values(staff_email_replies=allowed)
+        )
+        await notify.enqueue(
+            s,
+            svc.keyring,
+            notice=Notice(kind=Kind.SLA_WARNING, thread_id="d" * 32),
+            clinic_id=clinic.id,
+            recipient=nurse.email,
+            now=svc.clock.now(),
+            staff_id=nurse.id,
+        )
+    await deliver_all(svc)
+    msg = parse(sink.messages[0][2])
+    async with svc.sessions() as s:
+        staff_tokens = (
+            await s.scalars(select(Token).where(Token.purpose == "reply_address"))
+        ).all()
+    if allowed:
+        assert msg["Reply-To"].startswith("reply+")
+        assert msg["Reply-To"].endswith(f"@{clinic.reply_domain}")
+        assert [(t.subject_kind, t.subject_id, t.data) for t in staff_tokens] == [
+            ("staff", nurse.id, {"thread_id": "d" * 32})
+        ]
+        assert "replying to this email" in text_of(msg)
+    else:
+        assert msg["Reply-To"] is None and staff_tokens == []
+    assert f"/staff/threads/{'d' * 32}" in text_of(msg)
