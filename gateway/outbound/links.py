@@ -142,8 +142,12 @@ def _addresses(
         if kind == Kind.PASSWORD_RESET and row.staff_id:
             value = token("password_reset", "staff", row.staff_id)
             link = f"{base}/reset/{value}"
+        elif thread_id:
+            link = f"{base}/staff/threads/{thread_id}"
+        elif row.context.get("pool_id"):
+            link = f"{base}/staff/pools/{row.context['pool_id']}"  # digests: the pool's queue
         else:
-            link = f"{base}/staff" + (f"/threads/{thread_id}" if thread_id else "")
+            link = f"{base}/staff"
         return Addressing(link, mail_from, bounce_id)
     patient_id = row.patient_id
     if kind == Kind.REGISTRATION_INVITATION:

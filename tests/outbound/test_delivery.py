@@ -424,3 +424,34 @@ async def test_staff_notice_about_a_thread_carries_a_staff_reply_to_only_if_allo
     else:
         assert msg["Reply-To"] is None and staff_tokens == []
     assert f"/staff/threads/{'d' * 32}" in text_of(msg)
+
+
+async def test_a_staff_digest_names_the_pool_and_links_to_its_queue(
+    services, world, sink, relay_to
+):
+    from sqlalchemy import select
+
+    from gateway.models import Pool
+
+    svc = relay_to(services, sink.port)
+    clinic = await world.clinic()
+    nurse = await world.staff(clinic)
+    async with svc.transaction() as s:
+        pool = await s.scalar(
+            select(Pool).where(Pool.clinic_id == clinic.id, Pool.slug == "refills")
+        )
+        await notify.enqueue(
+            s,
+            svc.keyring,
+            notice=Notice(kind=Kind.STAFF_DIGEST, count=2, urgent_count=1, pool_id=pool.id),
+            clinic_id=clinic.id,
+            recipient=nurse.email,
+            now=svc.clock.now(),
+            staff_id=nurse.id,
+        )
+    await deliver_all(svc)
+    msg = parse(sink.messages[0][2])
+    assert msg["Subject"] == "2 new messages in Refills"
+    assert f"http://127.0.0.1:8025/staff/pools/{pool.id}" in text_of(msg)
+    assert "1 is marked urgent." in text_of(msg)
+    assert msg["List-Unsubscribe"] is None and msg["Reply-To"] is None
