@@ -123,6 +123,7 @@ class Intake:
         self._queued: set[str] = set()
         self._processor: asyncio.Task[None] | None = None
         self._last_receive = 0.0
+        self._closing = False
         self._recovered = False
 
     @property
@@ -244,13 +245,13 @@ class Intake:
         """Processing is nobody's wait: while SMTP sessions are storing messages, let them
         have the CPU, but never put processing off longer than ``MAX_DEFER_SECONDS``."""
         deferred_since = time.monotonic()
-        while time.monotonic() - self._last_receive < QUIET_SECONDS:
+        while time.monotonic() - self._last_receive < QUIET_SECONDS and not self._closing:
             if time.monotonic() - deferred_since > MAX_DEFER_SECONDS:
                 return
             await asyncio.sleep(QUIET_SECONDS)
 
     async def _process_loop(self) -> None:
-        while self._queue:
+        while self._queue and not self._closing:
             await self._yield_to_senders()
             batch = [self._queue.popleft() for _ in range(min(self._batch, len(self._queue)))]
             self._queued.difference_update(batch)
@@ -284,7 +285,10 @@ class Intake:
         return len(ids)
 
     async def close(self) -> None:
+        """Finish the commit and the batch in hand; what is still queued stays ``received``
+        in the store and is processed at the next start (a stop must not wait on a backlog)."""
         await self._committer.close()
+        self._closing = True
         await self.drain()
         if self._read_engine is not None:
             await self._read_engine.dispose()
