@@ -126,7 +126,11 @@ class SoakResult:
             f"end-of-DATA to 250: p50 {self.p50 * 1000:.1f} ms, p99 {self.p99 * 1000:.1f} ms",
             f"RSS after warm-up {self.rss_start_kb} kB, at the end {self.rss_end_kb} kB "
             f"(growth {self.rss_growth * 100:.1f}%)",
-            f"queue drained {self.drain_seconds:.1f}s after the load stopped",
+            (
+                f"queue drained {self.drain_seconds:.1f}s after the load stopped"
+                if self.drain_seconds != float("inf")
+                else "queue NOT drained within the drain window (see the states below)"
+            ),
             *self.reckoning.lines(),
         ]
 
@@ -180,7 +184,8 @@ async def run_soak(
         await asyncio.gather(load_in.run(), load_out.run(), sample())
         rss["end"] = rss_kb(pid)
         elapsed = time.monotonic() - t0
-        drain = await wait_drained(services, drain_timeout)
+        # Not strict: a backlog left after the drain window is a finding to print, not a crash.
+        drain = await wait_drained(services, drain_timeout, strict=False)
         await node.stop()
         # Latency after warm-up only: start-up effects are not what a soak measures.
         steady = [
