@@ -24,7 +24,8 @@ class InboundMessage(Base):
     token_id: Mapped[str | None] = mapped_column(ID)
     raw: Mapped[bytes] = mapped_column(EncryptedBytes("inbound_message.raw"))
     size: Mapped[int] = mapped_column(default=0)
-    # received, filed, quarantined, ignored, kept
+    # received (stored, not yet processed), filed, confirmed, bounce, quarantined, ignored,
+    # kept (postmaster@, abuse@), discarded (raw erased by an operator)
     state: Mapped[str] = mapped_column(String(16), default="received")
     # Authentication verdicts only (pass/fail per mechanism), never addresses.
     auth: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
