@@ -21,6 +21,7 @@ from pathlib import Path
 from sqlalchemy import func, select, text
 
 from gateway.models import Notification
+from gateway.services import Services
 from tests.reliability.dns import LoopbackDns
 from tests.reliability.harness import (
     InboundLoad,
@@ -84,8 +85,9 @@ def leader_of(nodes: list[Node]) -> Node | None:
     return best[1] if best else None
 
 
-async def leader_count(services_url_services) -> int:  # type: ignore[no-untyped-def]
-    async with services_url_services.engine.connect() as conn:
+async def leader_count(services: Services) -> int:
+    """How many sessions hold the scheduler's advisory lock (one, or the election is broken)."""
+    async with services.engine.connect() as conn:
         return int(
             await conn.scalar(
                 text(
@@ -105,7 +107,6 @@ class ScaleResult:
     leader_before: str
     leader_after: str
     leaders_holding: int
-    accepted_per_node: dict[str, int]
 
     def lines(self) -> list[str]:
         return [
@@ -162,7 +163,6 @@ async def run_scaleout(
                 before.name,
                 after.name if after else "(none)",
                 holding,
-                {},
             )
         finally:
             for n in nodes:
