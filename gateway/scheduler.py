@@ -22,9 +22,13 @@ from datetime import timedelta
 from sqlalchemy import delete, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway import appointments, escalation
+from gateway import appointments, escalation, throttle
 from gateway.models import Appointment, IdempotencyRecord, Token
 from gateway.services import Services
+from gateway.web import sessions as web_sessions
+
+# Longest throttle window is an hour and the longest lock six; a day is safely past both.
+THROTTLE_RETENTION = timedelta(days=1)
 
 log = logging.getLogger("carebridge.scheduler")
 
@@ -117,6 +121,10 @@ async def purge_expired(services: Services) -> int:
         ):
             result = await session.execute(stmt.execution_options(synchronize_session=False))
             purged += int(getattr(result, "rowcount", 0) or 0)
+        # Expired web sessions and idle rate-limit counters are refused or reset anyway;
+        # purging keeps the tables small.
+        purged += await web_sessions.purge_expired(session, services)
+        purged += await throttle.purge_stale(session, now, THROTTLE_RETENTION)
     return purged
 
 

@@ -110,6 +110,7 @@ async def _acknowledge(
         now=now,
         language=patient.language,
         patient_id=patient.id,
+        coalesce_seconds=services.config.delivery.coalesce_seconds,
     )
 
 
@@ -319,6 +320,7 @@ async def post_staff_message(
                 language=patient.language,
                 patient_id=patient.id,
                 coalesce_key=f"new_message:{patient.id}",
+                coalesce_seconds=services.config.delivery.coalesce_seconds,
             )
     return message
 
@@ -451,5 +453,6 @@ async def post_clinic_message(
             language=patient.language,
             patient_id=patient.id,
             coalesce_key=f"new_message:{patient.id}",
+            coalesce_seconds=services.config.delivery.coalesce_seconds,
         )
     return message

@@ -37,6 +37,11 @@ class ReplyHandler:
     name = "reply"
 
     async def handle(self, ctx: Context) -> Outcome:
+        if ctx.token is not None and ctx.token.subject_kind == "staff":
+            # The same reply+TOKEN@ address shape serves clinicians answering by email.
+            from handlers import staff_reply  # imports new_text from here
+
+            return await staff_reply.handler.handle(ctx)
         patient = await authenticated_patient(ctx, "reply_address")
         if isinstance(patient, Quarantine):
             return patient

@@ -21,6 +21,7 @@ from babel.dates import format_skeleton, format_time
 from jinja2 import Environment, Template
 
 from gateway.i18n import LANGUAGES, gettext_for
+from gateway.portal import terms
 from gateway.templating import build_environment
 
 _COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
@@ -110,6 +111,8 @@ class Renderer:
         values: dict[str, Any] = {f.name: getattr(ctx, f.name) for f in _FIELDS}
         values.update(gettext_for(lang))
         values["lang"] = lang
+        # Quoted back in an "I agree" reply; handlers/registration.py reads it there.
+        values["terms_version"] = terms.CURRENT
         name = template_name(ctx.audience, ctx.kind)
         text_t = self._template(name + ".txt.j2")
         html_t = self._template(name + ".html.j2")

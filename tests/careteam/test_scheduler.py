@@ -117,6 +117,33 @@ async def test_retention_purges_long_expired_tokens(
         assert await s.scalar(select(func.count()).select_from(Token)) == 0
 
 
+async def test_retention_purges_expired_web_sessions_and_idle_throttles(
+    services: Services, clock: FakeClock, sched: SchedulerPart
+) -> None:
+    from gateway import throttle
+    from gateway.models.portal import Throttle, WebSession
+
+    now = clock.now()
+    async with services.transaction() as s:
+        s.add(
+            WebSession(
+                id_hash="a" * 64,
+                principal_kind="patient",
+                principal_id="p1",
+                created_at=now,
+                last_seen_at=now,
+                expires_at=now + timedelta(hours=12),
+            )
+        )
+        await throttle.hit(s, throttle.SIGN_IN, "k" * 64, now)
+    assert (await sched.tick()).purged == 0
+    clock.advance(days=2)
+    assert (await sched.tick()).purged == 2
+    async with services.sessions() as s:
+        assert await s.scalar(select(func.count()).select_from(WebSession)) == 0
+        assert await s.scalar(select(func.count()).select_from(Throttle)) == 0
+
+
 @pytest.fixture
 async def second_node(
     services: Services, make_config: Callable[..., Config], keyring: KeyRing, clock: FakeClock

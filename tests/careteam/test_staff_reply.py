@@ -78,6 +78,7 @@ async def _handle_token(
     sender: str,
     verdict: AuthVerdict = GOOD,
     text: str = "Done.",
+    routed: object = handler,
 ) -> object:
     async with services.transaction() as s:
         token = await s.merge(token)
@@ -94,7 +95,7 @@ async def _handle_token(
             clinic=clinic,
             now=services.clock.now(),
         )
-        return await handler.handle(ctx)
+        return await routed.handle(ctx)  # type: ignore[attr-defined]
 
 
 async def test_aligned_staff_reply_is_filed_like_a_portal_answer(
@@ -111,6 +112,24 @@ async def test_aligned_staff_reply_is_filed_like_a_portal_answer(
         assert t is not None and t.sla_due_at is None
         kinds = list(await s.scalars(select(Notification.kind)))
         assert str(Kind.NEW_MESSAGE) in kinds
+
+
+async def test_routed_reply_address_reaches_the_staff_handler(
+    services: Services, world: World
+) -> None:
+    # The routing table sends every reply+TOKEN@ to handlers.reply; a staff token must be
+    # handed on, not quarantined as a patient reply with the wrong subject.
+    from handlers import reply
+
+    _, thread_id, address = await _setup(services, world)
+    token_value = address.split("@")[0].removeprefix("reply+")
+    async with services.sessions() as s:
+        token = await tokens.peek(s, token_value, "reply_address", services.clock.now())
+    assert token is not None
+    outcome = await _handle_token(
+        services, token, "dr.bo@north.example", text="Seen, all fine.", routed=reply.handler
+    )
+    assert isinstance(outcome, Filed) and outcome.thread_id == thread_id
 
 
 @pytest.mark.parametrize(
