@@ -56,7 +56,6 @@ class WebConfig:
     # Cookies are marked Secure unless the base URL is plain http (local development).
     session_idle_minutes: int = 30
     session_absolute_hours: int = 12
-    secret_file: str = ""
     # Online enrolment answers no sooner than this, so its timing cannot tell an existing
     # account (little work) from a new one (enrolment + invitation).
     enrol_min_answer_ms: int = 300
