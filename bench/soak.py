@@ -50,7 +50,9 @@ def main() -> int:
         missed.append(f"p99 {result.p99:.3f}s >= 1s")
     if result.rss_growth >= 0.10:
         missed.append(f"RSS grew {result.rss_growth * 100:.1f}%")
-    if result.drain_seconds > 120:
+    if result.drain_seconds == float("inf"):
+        missed.append("queue not drained within 120 s of the load stopping")
+    elif result.drain_seconds > 120:
         missed.append(f"drain took {result.drain_seconds:.0f}s")
     if r.lost or r.never_delivered or r.duplicates:
         missed.append("lost, undelivered or duplicated mail")
