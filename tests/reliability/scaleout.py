@@ -66,7 +66,7 @@ async def own_database() -> AsyncIterator[str]:
 
 def _nodes(n: int, workdir: Path, url: str, keys: Path, relay: str, ns: str) -> list[Node]:
     extra = {
-        "delivery": {"lease_seconds": 5},
+        "delivery": {"lease_seconds": 8, "timeout_seconds": 3},  # lease > send timeout
         "scheduler": {"tick_seconds": 0.5},
         "store": {"pool_size": 5},
         "log": {"level": "INFO"},

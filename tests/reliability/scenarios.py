@@ -66,8 +66,10 @@ async def run_crash(
     keys_file, seeded = await prepare_store(workdir, store_url, patients)
     sink = await Sink().start()
     dns = LoopbackDns().start()
-    # A short lease, so rows a killed worker had claimed are retried within seconds.
-    fast = {"delivery": {"lease_seconds": 5}}
+    # A short lease, so rows a killed worker had claimed are retried within seconds. The lease
+    # must outlast a send (delivery refuses to start one within timeout_seconds of expiry),
+    # so the send timeout shrinks with it: the relay is on loopback.
+    fast = {"delivery": {"lease_seconds": 8, "timeout_seconds": 3}}
     node = Node("node1", workdir, store_url, keys_file, sink.address, dns.nameserver, fast)
     services = await open_store(store_url, keys_file)
     started = time.monotonic()

@@ -19,6 +19,7 @@ from pathlib import Path
 import aiosmtplib
 import pytest
 from sqlalchemy import event, func, select
+from sqlalchemy.engine import Engine
 
 from gateway import db, notify
 from gateway.crypto import KeyRing
@@ -63,7 +64,9 @@ async def test_refused_commit_answers_451_never_250(services: Services, world, s
         if refusing:
             raise CommitRefused("injected: the database refuses to commit")
 
-    event.listen(services.engine.sync_engine, "commit", refuse)
+    # On the Engine class: every engine in the process, including any private writer engine
+    # the intake keeps for its group commits, refuses to commit.
+    event.listen(Engine, "commit", refuse)
     try:
         _mid, raw = reply_mail(rw.patient.email, rw.address)
         with pytest.raises(aiosmtplib.SMTPDataError) as caught:
@@ -75,7 +78,7 @@ async def test_refused_commit_answers_451_never_250(services: Services, world, s
         await _send(smtp.port, rw.patient.email, rw.address, raw)
         await _send(smtp.port, rw.patient.email, rw.address, raw)
     finally:
-        event.remove(services.engine.sync_engine, "commit", refuse)
+        event.remove(Engine, "commit", refuse)
     await smtp.intake.drain()
     assert await _inbound_count(services) == before + 1
 

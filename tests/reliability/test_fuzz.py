@@ -250,7 +250,7 @@ async def wire(make_config):  # type: ignore[no-untyped-def]
     await sink.stop()
 
 
-@FUZZ
+@settings(FUZZ, suppress_health_check=[*FUZZ.suppress_health_check, HealthCheck.filter_too_much])
 @given(address=hostile_address)
 @example(address="pat@bücher.example")
 @example(address="pät@example.org")
