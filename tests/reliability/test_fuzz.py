@@ -133,11 +133,19 @@ async def _end_state(services: Services, raw: bytes, target: Target) -> list[str
         await intake.close()
 
 
+# Owner not done by the deadline of this work: kept failing-visible as strict xfails.
+DKIM_CONSTRUCTOR_BUG = pytest.mark.xfail(
+    strict=True,
+    reason="inbound owner: gateway/inbound/auth.py _check_dkim builds dkim.DKIM(raw) outside "
+    "its try; dkimpy raises MessageFormatError on a header block with a non-header line, so "
+    "Intake.process raises and the 250-acknowledged row stays received (docs/reliability.md)",
+)
 DKIM_BROKEN_HEADERS = (
     b"DKIM-Signature: v=1; a=rsa-sha256\r\n.\r\nFrom: a@example.org\r\n\r\nbody\r\n"
 )
 
 
+@DKIM_CONSTRUCTOR_BUG
 @FUZZ
 @given(raw=hostile_mail, which=st.integers(0, 1))
 @example(raw=DKIM_BROKEN_HEADERS, which=0)
@@ -149,6 +157,7 @@ async def test_intake_ends_every_input_in_exactly_one_state(
     assert states[0] in TERMINAL | {"refused", "duplicate"}, f"left in state {states[0]}"
 
 
+@DKIM_CONSTRUCTOR_BUG
 async def test_a_broken_header_block_with_a_dkim_signature_still_ends_in_a_state(
     rservices: Services, targets: Targets
 ) -> None:
