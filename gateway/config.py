@@ -267,6 +267,12 @@ def _validate(cfg: Config) -> None:
         _check_host_port("delivery.relay", cfg.delivery.relay)
     if not cfg.web.base_url.startswith(("http://", "https://")):
         raise ConfigError("web.base_url", "must start with http:// or https://")
+    if cfg.delivery.lease_seconds <= cfg.delivery.timeout_seconds:
+        # A claim must outlive a send, or every send is deferred as "claim nearly expired".
+        raise ConfigError(
+            "delivery.lease_seconds",
+            f"must be greater than delivery.timeout_seconds ({cfg.delivery.timeout_seconds})",
+        )
     if cfg.log.format not in ("text", "json"):
         raise ConfigError("log.format", 'must be "text" or "json"')
     if bool(cfg.smtp.tls_cert) != bool(cfg.smtp.tls_key):

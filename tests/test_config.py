@@ -50,6 +50,7 @@ def test_shipped_config_loads_with_contract_keys():
         ({"web": {"base_url": "ftp://x"}}, "web.base_url", "http"),
         ({"imap": {"c1": {"host": "h"}}}, "imap.c1.user", "required"),
         ({"smtp": {"require_starttls": 1}}, "smtp.require_starttls", "true or false"),
+        ({"delivery": {"lease_seconds": 30}}, "delivery.lease_seconds", "greater than"),
     ],
 )
 def test_config_errors_name_key_and_fix(raw, key, words):

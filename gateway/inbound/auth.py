@@ -114,8 +114,10 @@ def _check_dkim(raw: bytes, dnsfunc: Any) -> tuple[str, list[str]]:
     passing: list[str] = []
     temp = False
     for idx in range(min(count, 5)):  # a bounded number: each costs a DNS lookup
-        d = dkim.DKIM(raw)
         try:
+            # The constructor parses the header block and raises on a malformed one too:
+            # that is a failed signature, never an unprocessable message.
+            d = dkim.DKIM(raw)
             ok = d.verify(idx=idx, dnsfunc=dnsfunc)
         except dkim.DnsTimeoutError:
             temp = True

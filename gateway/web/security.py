@@ -32,7 +32,9 @@ class SecurityHeaders:
                 present = {k.lower() for k, _ in message.get("headers", [])}
                 extra = [(k, v) for k, v in HEADERS if k not in present]
                 message["headers"] = [*message.get("headers", []), *extra]
-                if scope["path"].startswith(("/portal", "/staff", "/admin", "/r/", "/register", "/t/", "/reset/", "/enrol")):
+                if scope["path"].startswith(
+                    ("/portal", "/staff", "/admin", "/r/", "/register", "/t/", "/reset/", "/enrol")
+                ):
                     message["headers"].append((b"cache-control", b"no-store"))
             await send(message)
 
