@@ -73,10 +73,7 @@ _CTE = ["7bit", "8bit", "base64", "quoted-printable", "binary", "x-uuencode", "b
 
 def _header_block(pairs: list[tuple[str, str]]) -> bytes:
     return b"".join(
-        n.encode("utf-8", "surrogateescape")
-        + b": "
-        + v.encode("utf-8", "surrogateescape")
-        + b"\r\n"
+        n.encode("utf-8", "surrogatepass") + b": " + v.encode("utf-8", "surrogatepass") + b"\r\n"
         for n, v in pairs
     )
 
