@@ -309,20 +309,29 @@ async def post_staff_message(
     )
     if not internal:
         patient = await session.get(Patient, thread.patient_id)
-        if patient is not None and _wants(patient, Kind.NEW_MESSAGE):
-            await enqueue(
-                session,
-                services.keyring,
-                notice=Notice(kind=Kind.NEW_MESSAGE, thread_id=thread.id),
-                clinic_id=thread.clinic_id,
-                recipient=patient.email,
-                now=now,
-                language=patient.language,
-                patient_id=patient.id,
-                coalesce_key=f"new_message:{patient.id}",
-                coalesce_seconds=services.config.delivery.coalesce_seconds,
-            )
+        if patient is not None:
+            await _tell_patient_new_message(session, services, thread, patient, now)
     return message
+
+
+async def _tell_patient_new_message(
+    session: AsyncSession, services: Services, thread: Thread, patient: Patient, now: datetime
+) -> None:
+    """Queue the PHI-free "you have a new message" notice, coalesced per patient."""
+    if not _wants(patient, Kind.NEW_MESSAGE):
+        return
+    await enqueue(
+        session,
+        services.keyring,
+        notice=Notice(kind=Kind.NEW_MESSAGE, thread_id=thread.id),
+        clinic_id=thread.clinic_id,
+        recipient=patient.email,
+        now=now,
+        language=patient.language,
+        patient_id=patient.id,
+        coalesce_key=f"new_message:{patient.id}",
+        coalesce_seconds=services.config.delivery.coalesce_seconds,
+    )
 
 
 async def thread_for_patient(
@@ -442,17 +451,5 @@ async def post_clinic_message(
     await audit.record(
         session, actor, "thread.clinic_message", "thread", thread.id, at=now, message_id=message.id
     )
-    if _wants(patient, Kind.NEW_MESSAGE):
-        await enqueue(
-            session,
-            services.keyring,
-            notice=Notice(kind=Kind.NEW_MESSAGE, thread_id=thread.id),
-            clinic_id=clinic.id,
-            recipient=patient.email,
-            now=now,
-            language=patient.language,
-            patient_id=patient.id,
-            coalesce_key=f"new_message:{patient.id}",
-            coalesce_seconds=services.config.delivery.coalesce_seconds,
-        )
+    await _tell_patient_new_message(session, services, thread, patient, now)
     return message
