@@ -11,9 +11,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
 
 from gateway import audit, digests
 from gateway.models import Patient, Pool, Staff, Thread
@@ -132,44 +134,38 @@ async def _breach(session: AsyncSession, services: Services, thread: Thread) -> 
     log.warning("SLA breach thread=%s pool=%s", thread.id, thread.pool_id)
 
 
+async def _open_threads_due(
+    session: AsyncSession,
+    at: InstrumentedAttribute[datetime | None],
+    done: InstrumentedAttribute[datetime | None],
+    now: datetime,
+) -> Sequence[Thread]:
+    """Open threads whose ``at`` moment has come and whose ``done`` mark is not set yet."""
+    q = (
+        select(Thread)
+        .where(Thread.status == "open", at.is_not(None), at <= now, done.is_(None))
+        .order_by(at)
+        .limit(BATCH)
+    )
+    return (await session.scalars(q)).all()
+
+
 async def run_sla_timers(services: Services) -> TimerResult:
     """Send every warning and breach notice that is due now. Safe to run at any frequency."""
     now = services.clock.now()
     warned = breached = 0
     async with services.transaction() as session:
-        due = (
-            await session.scalars(
-                select(Thread)
-                .where(
-                    Thread.status == "open",
-                    Thread.sla_due_at.is_not(None),
-                    Thread.sla_due_at <= now,
-                    Thread.sla_breached_at.is_(None),
-                )
-                .order_by(Thread.sla_due_at)
-                .limit(BATCH)
-            )
-        ).all()
-        for thread in due:
+        for thread in await _open_threads_due(
+            session, Thread.sla_due_at, Thread.sla_breached_at, now
+        ):
             if await _claim(session, thread.id, "sla_breached_at", now):
                 # A thread past its deadline is not warned as well: the breach says it all.
                 await _claim(session, thread.id, "sla_warned_at", now)
                 await _breach(session, services, thread)
                 breached += 1
-        warn = (
-            await session.scalars(
-                select(Thread)
-                .where(
-                    Thread.status == "open",
-                    Thread.sla_warn_at.is_not(None),
-                    Thread.sla_warn_at <= now,
-                    Thread.sla_warned_at.is_(None),
-                )
-                .order_by(Thread.sla_warn_at)
-                .limit(BATCH)
-            )
-        ).all()
-        for thread in warn:
+        for thread in await _open_threads_due(
+            session, Thread.sla_warn_at, Thread.sla_warned_at, now
+        ):
             if await _claim(session, thread.id, "sla_warned_at", now):
                 await _warn(session, services, thread)
                 warned += 1
