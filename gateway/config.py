@@ -128,6 +128,10 @@ class InboundConfig:
     process_concurrency: int = 8
     # Most messages one group commit may hold (concurrent SMTP sessions share a commit).
     group_commit_max: int = 200
+    # Every node looks this often for stored messages nobody has processed for
+    # adopt_after_seconds (their node died, or is far behind) and processes them itself.
+    sweep_seconds: float = 15.0
+    adopt_after_seconds: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -273,6 +277,9 @@ def _validate(cfg: Config) -> None:
             "delivery.lease_seconds",
             f"must be greater than delivery.timeout_seconds ({cfg.delivery.timeout_seconds})",
         )
+    for key in ("sweep_seconds", "adopt_after_seconds"):
+        if getattr(cfg.inbound, key) <= 0:
+            raise ConfigError(f"inbound.{key}", "must be a number of seconds above 0")
     if cfg.log.format not in ("text", "json"):
         raise ConfigError("log.format", 'must be "text" or "json"')
     if bool(cfg.smtp.tls_cert) != bool(cfg.smtp.tls_key):

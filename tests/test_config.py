@@ -51,6 +51,8 @@ def test_shipped_config_loads_with_contract_keys():
         ({"imap": {"c1": {"host": "h"}}}, "imap.c1.user", "required"),
         ({"smtp": {"require_starttls": 1}}, "smtp.require_starttls", "true or false"),
         ({"delivery": {"lease_seconds": 30}}, "delivery.lease_seconds", "greater than"),
+        ({"inbound": {"sweep_seconds": 0}}, "inbound.sweep_seconds", "above 0"),
+        ({"inbound": {"adopt_after_seconds": -1}}, "inbound.adopt_after_seconds", "above 0"),
     ],
 )
 def test_config_errors_name_key_and_fix(raw, key, words):

@@ -8,8 +8,11 @@ Two steps, so that nothing acknowledged is ever lost and durability stays cheap:
 2. Stored messages are then processed in batches (``gateway/inbound/processing.py``): parsed
    (bounded in time), authenticated, routed to a handler, and the outcomes applied (state,
    quarantine row, audit) in one transaction per batch. A crash between the two steps leaves
-   ``received`` rows that :meth:`Intake.recover` processes at the next start; each outcome is
-   applied exactly once, because it is committed with the state change that marks it done.
+   ``received`` rows: :meth:`Intake.recover` processes them at the next start, and every
+   running node sweeps for rows left unprocessed longer than ``adopt_after_seconds`` (their
+   node died, and in scale-out may never come back) and adopts them. Each outcome is applied
+   exactly once however many nodes try, because it is committed, under a row lock, with the
+   state change that marks it done.
 
 On SQLite, the intake's own write transactions take turns on one in-process lock, so they never
 meet in SQLite's busy handler (which sleeps), and reads (RCPT checks, loading a batch) use a
@@ -20,13 +23,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import contextlib
 import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import event, insert, select
+from sqlalchemy import event, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -54,9 +59,11 @@ log = logging.getLogger("carebridge.inbound")
 __all__ = ["Intake", "Refused", "Stored", "state_of"]
 
 PROCESS_BATCH = 10
-# Processing waits for a lull this long between stored messages, but at most MAX_DEFER.
+# Processing waits for a lull this long between stored messages, but puts itself off at most
+# MAX_DEFER at a time: after that it runs until a lull comes or its queue is empty.
 QUIET_SECONDS = 0.05
 MAX_DEFER_SECONDS = 5.0
+ADOPT_LIMIT = 1000  # rows one sweep adopts at most
 
 
 @dataclass(frozen=True)
@@ -120,9 +127,11 @@ class Intake:
         # Small processing batches: each holds the writer's turn while senders may queue.
         self._batch = PROCESS_BATCH
         self._queue: deque[str] = deque()
-        self._queued: set[str] = set()
+        self._queued: set[str] = set()  # in the queue or in the batch being processed
         self._processor: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self._last_receive = 0.0
+        self._deferred_since: float | None = None
         self._closing = False
         self._recovered = False
 
@@ -243,22 +252,29 @@ class Intake:
 
     async def _yield_to_senders(self) -> None:
         """Processing is nobody's wait: while SMTP sessions are storing messages, let them
-        have the CPU, but never put processing off longer than ``MAX_DEFER_SECONDS``."""
-        deferred_since = time.monotonic()
+        have the CPU. But a steady stream has no lulls, so processing puts itself off at most
+        ``MAX_DEFER_SECONDS``; then it keeps its turn (batch after batch, the senders' commits
+        still going first) until a real lull or an empty queue ends the stretch."""
         while time.monotonic() - self._last_receive < QUIET_SECONDS and not self._closing:
-            if time.monotonic() - deferred_since > MAX_DEFER_SECONDS:
+            if self._deferred_since is None:
+                self._deferred_since = time.monotonic()
+            if time.monotonic() - self._deferred_since > MAX_DEFER_SECONDS:
                 return
             await asyncio.sleep(QUIET_SECONDS)
+        self._deferred_since = None
 
     async def _process_loop(self) -> None:
         while self._queue and not self._closing:
             await self._yield_to_senders()
             batch = [self._queue.popleft() for _ in range(min(self._batch, len(self._queue)))]
-            self._queued.difference_update(batch)
             try:
                 await self.process_batch(batch)
             except Exception as exc:  # never let one batch stop the others
                 log.error("inbound batch of %d failed (%s)", len(batch), type(exc).__name__)
+            finally:
+                # Only now: a sweep during the batch must not queue the same rows again.
+                self._queued.difference_update(batch)
+        self._deferred_since = None
 
     async def drain(self) -> None:
         """Wait until every scheduled message has been processed."""
@@ -266,29 +282,77 @@ class Intake:
             await asyncio.shield(self._processor)
 
     async def recover(self) -> int:
-        """Process every message stored but not yet processed (after a crash or restart).
+        """Process every message stored but not yet processed (after a crash or restart),
+        then keep sweeping for messages other nodes left behind (:meth:`sweep`).
 
         Runs once per Intake however many parts share it."""
         if self._recovered:
             return 0
         self._recovered = True
-        async with self.read_sessions() as session:
-            ids = (
-                await session.scalars(
-                    select(InboundMessage.id)
-                    .where(InboundMessage.state == "received")
-                    .order_by(InboundMessage.received_at)
-                )
-            ).all()
-        for inbound_id in ids:
+        adopted = await self.sweep(stale=False)
+        self._sweeper = asyncio.create_task(self._sweep_loop(), name="inbound-sweep")
+        return adopted
+
+    async def sweep(self, *, stale: bool = True) -> int:
+        """Adopt and schedule ``received`` messages; return how many.
+
+        ``stale``: only those stored more than ``adopt_after_seconds`` ago that no other node
+        has adopted in that time (their storing node is gone, or far behind). A node adopts
+        a row by stamping ``adopted_until`` under ``FOR UPDATE SKIP LOCKED`` on PostgreSQL,
+        so sweeping nodes share a dead node's backlog instead of all taking all of it; if two
+        nodes still process one row, the row lock in ``processing.apply_one`` lets one win.
+        """
+        cfg = self.services.config.inbound
+        now = self.services.clock.now()
+        query = select(InboundMessage.id).where(InboundMessage.state == "received")
+        if stale:
+            query = query.where(
+                InboundMessage.received_at < now - timedelta(seconds=cfg.adopt_after_seconds),
+                or_(InboundMessage.adopted_until.is_(None), InboundMessage.adopted_until < now),
+            )
+        query = query.order_by(InboundMessage.received_at)
+        if stale:
+            query = query.limit(ADOPT_LIMIT)  # at start-up: everything, as before the crash
+        if self._read_engine is not None:
+            # SQLite: one node per store, and the queue already knows what it holds.
+            async with self.read_sessions() as session:
+                ids = list((await session.scalars(query)).all())
+        else:
+            async with self.services.transaction() as session:
+                ids = list((await session.scalars(query.with_for_update(skip_locked=True))).all())
+                ids = [i for i in ids if i not in self._queued]
+                if ids:
+                    await session.execute(
+                        update(InboundMessage)
+                        .where(InboundMessage.id.in_(ids))
+                        .values(adopted_until=now + timedelta(seconds=cfg.adopt_after_seconds))
+                    )
+        fresh = [i for i in ids if i not in self._queued]
+        for inbound_id in fresh:
             self.schedule(inbound_id)
-        return len(ids)
+        if fresh and stale:
+            log.info("adopted %d stored messages left unprocessed", len(fresh))
+        return len(fresh)
+
+    async def _sweep_loop(self) -> None:
+        while not self._closing:
+            await asyncio.sleep(self.services.config.inbound.sweep_seconds)
+            try:
+                await self.sweep()
+            except Exception as exc:  # the store is away: the next sweep tries again
+                log.error("inbound sweep failed (%s)", type(exc).__name__)
 
     async def close(self) -> None:
         """Finish the commit and the batch in hand; what is still queued stays ``received``
-        in the store and is processed at the next start (a stop must not wait on a backlog)."""
+        in the store and is processed at the next start, or by another node's sweep (a stop
+        must not wait on a backlog)."""
         await self._committer.close()
         self._closing = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
         await self.drain()
         if self._read_engine is not None:
             await self._read_engine.dispose()

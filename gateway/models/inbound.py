@@ -44,6 +44,9 @@ class InboundMessage(Base):
     detail: Mapped[str | None] = mapped_column(String(200))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Set when a node adopts a ``received`` row its storing node left behind (a sweep on
+    # every node): until then no other sweeping node takes it (gateway/inbound/intake.py).
+    adopted_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class ImapMailboxState(Base):

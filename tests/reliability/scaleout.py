@@ -68,6 +68,8 @@ def _nodes(n: int, workdir: Path, url: str, keys: Path, relay: str, ns: str) -> 
     extra = {
         "delivery": {"lease_seconds": 8, "timeout_seconds": 3},  # lease > send timeout
         "scheduler": {"tick_seconds": 0.5},
+        # A dead node's stored messages are adopted within seconds (default: a minute).
+        "inbound": {"sweep_seconds": 1, "adopt_after_seconds": 3},
         "store": {"pool_size": 5},
         "log": {"level": "INFO"},
     }

@@ -37,13 +37,6 @@ def test_nothing_lost_and_everything_delivered(scale: ScaleResult) -> None:
     assert r.audit_ok, report(scale)
 
 
-# Not strict: whether the killed node held unprocessed messages at the instant of the kill
-# depends on timing (it did in every run so far: 9, 21 and 1 messages).
-@pytest.mark.xfail(
-    strict=False,
-    reason="inbound owner: Intake.recover runs at start-up only, so a dead node's stored "
-    "messages wait for that node to restart (docs/reliability.md)",
-)
 def test_a_dead_nodes_stored_messages_are_processed_by_the_others(scale: ScaleResult) -> None:
     """Stored (250) by the killed node but not yet processed: a surviving node must finish
     them, or they wait for that node to come back, which in scale-out it may never do."""

@@ -2,7 +2,7 @@
 
 Revision ID: 0001_initial
 Revises:
-Create Date: 2026-11-26 13:52:10.165905
+Create Date: 2026-11-26 16:29:48.551126
 """
 
 from __future__ import annotations
@@ -541,6 +541,7 @@ def upgrade() -> None:
         sa.Column("detail", sa.String(length=200), nullable=True),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("processed_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("adopted_until", sa.DateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
             ["clinic_id"], ["clinic.id"], name=op.f("fk_inbound_message_clinic_id_clinic")
         ),
