@@ -22,8 +22,8 @@ separate query-only engine in autocommit mode, so they never take the write lock
 from __future__ import annotations
 
 import asyncio
-import logging
 import contextlib
+import logging
 import time
 from collections import deque
 from collections.abc import Sequence
