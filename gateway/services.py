@@ -18,6 +18,7 @@ from gateway import db
 from gateway.config import Config
 from gateway.crypto import KeyRing, load_keyring
 from gateway.metrics import Metrics
+from gateway.turns import Turns
 
 
 class Clock(Protocol):
@@ -39,6 +40,11 @@ class Services:
     # Parts report readiness here (e.g. "smtp": True once listening); /readyz reads it.
     ready: dict[str, bool] = field(default_factory=dict)
     metrics: Metrics = field(default_factory=Metrics)
+    # Turns at the store's single writer (SQLite), shared by this node's busiest writers.
+    turns: Turns = field(default_factory=Turns)
+
+    def __post_init__(self) -> None:
+        self.turns.enabled = db.is_sqlite(self.engine)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:

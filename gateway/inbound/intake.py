@@ -41,14 +41,13 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from gateway import db
+from gateway.groupcommit import GroupCommitter
 from gateway.inbound import parsing, processing
 from gateway.inbound.auth import Envelope
-from gateway.inbound.groupcommit import GroupCommitter
 from gateway.inbound.parsing import MalformedMessage
 from gateway.inbound.processing import Prepared, state_of
 from gateway.inbound.routing import Target
 from gateway.inbound.sqlitewriter import SqliteInserter
-from gateway.inbound.turns import Turns
 from gateway.models import InboundMessage
 from gateway.models.types import new_id
 from gateway.services import Services
@@ -122,7 +121,7 @@ class Intake:
             if db.is_sqlite(services.engine)
             else None
         )
-        self._turns = Turns()
+        self._turns = services.turns  # shared with the delivery part's writers
         self._slots = asyncio.Semaphore(max(1, cfg.process_concurrency))
         # Small processing batches: each holds the writer's turn while senders may queue.
         self._batch = PROCESS_BATCH

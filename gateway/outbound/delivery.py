@@ -1,10 +1,15 @@
 """Delivery workers: the ``serve`` loop's part that turns queued rows into sent email.
 
-Each worker repeats one round: claim a batch and mint its tokens in one short transaction;
-render, sign and send outside any transaction (sends run concurrently, at most
-``[delivery] per_domain_concurrency`` per recipient domain); record every outcome in one more
-transaction. A crash between the two transactions leaves rows ``sending`` with a lease that
-runs out, after which they are claimed again: at-least-once, never lost.
+The loop claims a batch and mints its tokens in one short transaction; each claimed row is
+then rendered, signed and sent outside any transaction (sends run concurrently, at most
+``[delivery] per_domain_concurrency`` per recipient domain), and its outcome is recorded the
+moment the relay answers, through a group commit: every outcome that arrives while one
+commit runs goes into the next, ahead of claims in the writer's queue.
+
+A crash after the relay's 250 but before that commit sends the row again once its lease
+runs out: at-least-once, never lost. Recording at once keeps that window to one commit, so
+a crash re-sends only the few messages the relay accepted in the last milliseconds (a
+second copy with the same Message-ID), not everything in flight.
 """
 
 from __future__ import annotations
@@ -18,13 +23,13 @@ import random
 import secrets
 import socket
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway import dkim, staff_replies
+from gateway.groupcommit import GroupCommitter
 from gateway.models import Clinic, DkimKey, Notification, Patient, Pool, Staff
 from gateway.notify import OPTIONAL_KINDS, PATIENT_KINDS, Kind, Notice
 from gateway.outbound import headers, links, queue
@@ -77,6 +82,10 @@ class DeliveryPart:
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self._node = f"{socket.gethostname()[:30]}-{os.getpid()}-{secrets.token_hex(3)}"
+        self._recorder: GroupCommitter[tuple[Job, str], None] = GroupCommitter(
+            self._record_now, max_batch=500
+        )
+        self._unrecorded: list[Job] = []  # outcomes whose commit failed: the loop retries
 
     # -- part life cycle ------------------------------------------------------------------
     async def start(self) -> None:
@@ -88,6 +97,7 @@ class DeliveryPart:
         self._wake.set()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        await self._recorder.close()
         await self.transport.close()
 
     def wake(self) -> None:
@@ -99,44 +109,36 @@ class DeliveryPart:
         return max(1, self.cfg.workers) * max(1, self.cfg.claim_batch)
 
     async def _loop(self, worker: str) -> None:
-        """One transaction per round records finished sends and claims more; sends run as
-        tasks in between, up to ``workers x claim_batch`` at a time. One writer per node
-        keeps SQLite free of lock contention; PostgreSQL nodes claim side by side."""
-        in_flight: set[asyncio.Task[None]] = set()
-        finished: list[Job] = []
+        """Claim while there is room for more sends; each send records its own outcome.
+        One claimer per node keeps SQLite's writer free; PostgreSQL nodes claim side by
+        side (``SKIP LOCKED``)."""
+        in_flight: set[asyncio.Task[bool]] = set()
 
-        def on_done(job: Job) -> Callable[[asyncio.Task[None]], None]:
-            def done(task: asyncio.Task[None]) -> None:
-                in_flight.discard(task)
-                finished.append(job)
-                self._wake.set()
+        def done(task: asyncio.Task[bool]) -> None:
+            in_flight.discard(task)
+            self._wake.set()
 
-            return done
-
-        while not self._stopping or in_flight or finished:
+        while not self._stopping or in_flight or self._unrecorded:
             # Cleared before looking, so work queued during the round is not slept through.
             self._wake.clear()
-            outcomes, finished = finished, []
+            retry, self._unrecorded = self._unrecorded, []
             room = 0 if self._stopping else self.max_in_flight - len(in_flight)
             try:
-                jobs = await self._round(outcomes, worker, room)
+                jobs = await self._round(retry, worker, room)
             except Exception as exc:
                 # Never the message: exceptions from drivers may quote values.
                 log.error("delivery round failed: %s", type(exc).__name__)
-                if self._stopping:
+                if self._stopping and not in_flight:
                     break  # unrecorded rows stay 'sending'; their leases run out: resent
-                finished = outcomes + finished  # record them next round
-                jobs = []
+                self._unrecorded = retry + self._unrecorded  # record them next round
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.cfg.poll_seconds)
                 continue
             for job in jobs:
-                task = asyncio.create_task(self._deliver(job))
+                task = asyncio.create_task(self._send_and_record(job, worker))
                 in_flight.add(task)
-                task.add_done_callback(on_done(job))
-            if self._stopping and not in_flight:
-                continue  # record what finished, then leave
-            if not jobs and not finished:
+                task.add_done_callback(done)
+            if not jobs and not self._unrecorded:
                 # Idle, or full: a finishing send or new work sets the event.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.cfg.poll_seconds)
@@ -147,7 +149,7 @@ class DeliveryPart:
         if not outcomes and room <= 0:
             return []
         now = self.services.clock.now()
-        async with self.services.transaction() as session:
+        async with self.services.turns.turn(), self.services.transaction() as session:
             if outcomes:
                 await self._record(session, outcomes, worker, now)
             if room <= 0:
@@ -159,13 +161,38 @@ class DeliveryPart:
                 return []
             return (await self._prepare(session, claimed, worker, now)).jobs
 
+    async def _send_and_record(self, job: Job, worker: str) -> bool:
+        """Send, then commit the outcome at once; False if the commit failed (the loop
+        records it in its next round; the row's lease keeps it from being sent again)."""
+        await self._deliver(job)
+        try:
+            await self._recorder.submit((job, worker))
+        except Exception as exc:
+            log.error("recording a delivery outcome failed: %s", type(exc).__name__)
+            self._unrecorded.append(job)
+            return False
+        return True
+
+    async def _record_now(self, items: list[tuple[Job, str]]) -> list[None]:
+        """The group commit of outcomes: first in the writer's queue, since each 250 not yet
+        on disk is a message a crash would send twice."""
+        by_worker: dict[str, list[Job]] = {}
+        for job, worker in items:
+            by_worker.setdefault(worker, []).append(job)
+        now = self.services.clock.now()
+        async with self.services.turns.urgent(), self.services.transaction() as session:
+            for worker, jobs in by_worker.items():
+                await self._record(session, jobs, worker, now)
+        return [None] * len(items)
+
     async def run_once(self, worker: str = "worker") -> int:
         """Claim, send and record one batch, then return how many rows it handled.
 
         For tests, the demo and the benchmark's sample; ``serve`` runs :meth:`_loop`."""
         jobs = await self._round([], worker, self.cfg.claim_batch)
-        await asyncio.gather(*(self._deliver(job) for job in jobs))
-        await self._round(jobs, worker, 0)
+        await asyncio.gather(*(self._send_and_record(job, worker) for job in jobs))
+        retry, self._unrecorded = self._unrecorded, []
+        await self._round(retry, worker, 0)
         return len(jobs)
 
     async def _prepare(

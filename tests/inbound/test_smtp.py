@@ -12,7 +12,7 @@ import pytest
 import trustme
 from sqlalchemy import func, select, text
 
-from gateway.inbound.groupcommit import GroupCommitter
+from gateway.groupcommit import GroupCommitter
 from gateway.inbound.intake import Intake
 from gateway.inbound.smtp import SmtpPart
 from gateway.models import InboundMessage
