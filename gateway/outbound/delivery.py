@@ -39,6 +39,8 @@ from gateway.services import Services
 
 log = logging.getLogger("carebridge.delivery")
 
+SLOW_RECORD_SECONDS = 0.5
+
 
 @dataclass
 class Job:
@@ -180,9 +182,22 @@ class DeliveryPart:
         for job, worker in items:
             by_worker.setdefault(worker, []).append(job)
         now = self.services.clock.now()
-        async with self.services.turns.urgent(), self.services.transaction() as session:
-            for worker, jobs in by_worker.items():
-                await self._record(session, jobs, worker, now)
+        started = time.monotonic()
+        async with self.services.turns.urgent():
+            turn = time.monotonic()
+            async with self.services.transaction() as session:
+                for worker, jobs in by_worker.items():
+                    await self._record(session, jobs, worker, now)
+        took = time.monotonic() - started
+        if took > SLOW_RECORD_SECONDS:
+            # Every second of this is a window in which a crash would send these again.
+            log.warning(
+                "recording %d delivery outcomes took %.2fs (%.2fs waiting for the store's "
+                "writer in this process)",
+                len(items),
+                took,
+                turn - started,
+            )
         return [None] * len(items)
 
     async def run_once(self, worker: str = "worker") -> int:
