@@ -121,10 +121,18 @@ class RecipientCache:
         return True, target
 
     def put(self, address: str, target: Target | None) -> None:
-        self._entries[address] = (time.monotonic() + self.ttl, target)
+        clock = time.monotonic()
+        self._entries[address] = (clock + self.ttl, target)
         self._entries.move_to_end(address)
+        # Oldest first, and every entry lives ttl: expired ones sit at the front. Dropping
+        # them keeps a steady stream's cache at rate x ttl entries instead of ``size``.
+        while self._entries and next(iter(self._entries.values()))[0] < clock:
+            self._entries.popitem(last=False)
         while len(self._entries) > self.size:
             self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 def choose_handler(
