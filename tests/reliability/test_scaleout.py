@@ -47,8 +47,12 @@ def test_no_notification_sent_by_two_nodes(scale: ScaleResult) -> None:
     assert scale.reckoning.duplicates_without_reclaim == 0, report(scale)
 
 
-def test_no_notification_sent_twice_even_across_the_kill(scale: ScaleResult) -> None:
-    assert scale.reckoning.duplicates == 0, report(scale)
+def test_the_kill_re_sends_at_most_one_notification(scale: ScaleResult) -> None:
+    """A message the relay accepted in the killed node's last milliseconds, before its outcome
+    was committed, is sent again by a survivor (plain SMTP cannot tell a sender that died
+    after the final dot whether it was taken). Outcomes are committed as the relay answers,
+    so one kill re-sends at most the one commit in flight: at 50/s, one message at most."""
+    assert scale.reckoning.duplicates <= 1, report(scale)
 
 
 def test_the_scheduler_moves_to_a_surviving_node(scale: ScaleResult) -> None:
