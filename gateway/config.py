@@ -70,6 +70,10 @@ class DeliveryConfig:
     # per_domain_concurrency of them to any one recipient domain.
     workers: int = 4
     per_domain_concurrency: int = 4
+    # Sends per node that may be past their DATA command with the answer not yet on disk. A
+    # crash re-sends at most this many messages the relay already took (1: at most one
+    # duplicate per crash; more: faster to distant MXs, up to that many duplicates).
+    max_unconfirmed: int = 1
     max_age_hours: int = 72
     base_backoff_seconds: int = 60
     max_backoff_seconds: int = 3600
@@ -277,6 +281,8 @@ def _validate(cfg: Config) -> None:
             "delivery.lease_seconds",
             f"must be greater than delivery.timeout_seconds ({cfg.delivery.timeout_seconds})",
         )
+    if cfg.delivery.max_unconfirmed < 1:
+        raise ConfigError("delivery.max_unconfirmed", "must be 1 or more")
     for key in ("sweep_seconds", "adopt_after_seconds"):
         if getattr(cfg.inbound, key) <= 0:
             raise ConfigError(f"inbound.{key}", "must be a number of seconds above 0")

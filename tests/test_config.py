@@ -52,6 +52,7 @@ def test_shipped_config_loads_with_contract_keys():
         ({"smtp": {"require_starttls": 1}}, "smtp.require_starttls", "true or false"),
         ({"delivery": {"lease_seconds": 30}}, "delivery.lease_seconds", "greater than"),
         ({"inbound": {"sweep_seconds": 0}}, "inbound.sweep_seconds", "above 0"),
+        ({"delivery": {"max_unconfirmed": 0}}, "delivery.max_unconfirmed", "1 or more"),
         ({"inbound": {"adopt_after_seconds": -1}}, "inbound.adopt_after_seconds", "above 0"),
     ],
 )

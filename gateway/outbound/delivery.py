@@ -7,9 +7,11 @@ moment the relay answers, through a group commit: every outcome that arrives whi
 commit runs goes into the next, ahead of claims in the writer's queue.
 
 A crash after the relay's 250 but before that commit sends the row again once its lease
-runs out: at-least-once, never lost. Recording at once keeps that window to one commit, so
-a crash re-sends only the few messages the relay accepted in the last milliseconds (a
-second copy with the same Message-ID), not everything in flight.
+runs out: at-least-once, never lost. Recording at once keeps that window to one commit, and
+sends take turns for the stretch from their DATA command to that commit
+(:class:`CommitPoint`, ``[delivery] max_unconfirmed``, default 1): connecting, MAIL and RCPT
+run side by side, but a crash finds at most that many messages the relay may have taken
+unrecorded, and re-sends only those (a second copy with the same Message-ID).
 """
 
 from __future__ import annotations
@@ -61,6 +63,28 @@ class Job:
     sent_at: datetime | None = None
     error: DeliveryError | None = None
     dead: bool = False  # our own bug (e.g. a missing template): retrying will not help
+    point: CommitPoint | None = None
+
+
+class CommitPoint:
+    """One send's place among the node's unconfirmed sends: taken just before DATA (from
+    then on the relay may take the message), given back once the relay's answer is on disk.
+
+    With ``[delivery] max_unconfirmed`` = 1 at most one message is ever accepted-but-not-
+    recorded on a node, so a crash re-sends at most one message."""
+
+    def __init__(self, slots: asyncio.Semaphore) -> None:
+        self._slots = slots
+        self._held = False
+
+    async def enter(self) -> None:
+        await self._slots.acquire()
+        self._held = True
+
+    def leave(self) -> None:
+        if self._held:
+            self._held = False
+            self._slots.release()
 
 
 @dataclass
@@ -88,6 +112,7 @@ class DeliveryPart:
             self._record_now, max_batch=500
         )
         self._unrecorded: list[Job] = []  # outcomes whose commit failed: the loop retries
+        self._unconfirmed = asyncio.Semaphore(max(1, self.cfg.max_unconfirmed))
 
     # -- part life cycle ------------------------------------------------------------------
     async def start(self) -> None:
@@ -166,13 +191,16 @@ class DeliveryPart:
     async def _send_and_record(self, job: Job, worker: str) -> bool:
         """Send, then commit the outcome at once; False if the commit failed (the loop
         records it in its next round; the row's lease keeps it from being sent again)."""
-        await self._deliver(job)
+        job.point = CommitPoint(self._unconfirmed)
         try:
+            await self._deliver(job)
             await self._recorder.submit((job, worker))
         except Exception as exc:
             log.error("recording a delivery outcome failed: %s", type(exc).__name__)
             self._unrecorded.append(job)
             return False
+        finally:
+            job.point.leave()
         return True
 
     async def _record_now(self, items: list[tuple[Job, str]]) -> list[None]:
@@ -338,6 +366,7 @@ class DeliveryPart:
             data=data,
             tls_required=job.tls_required,
             ident=job.notification_id,
+            before_data=job.point.enter if job.point is not None else None,
         )
         async with limit:
             # Waiting for a slow domain may outlast the claim; once it could run out during

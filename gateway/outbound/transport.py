@@ -16,8 +16,8 @@ import ipaddress
 import logging
 import os
 import ssl
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -49,6 +49,11 @@ class Envelope:
     data: bytes
     tls_required: bool = False
     ident: str = ""  # the notification id, for file names and log lines
+    # Awaited by an SMTP transport just before DATA: from there on the peer may take the
+    # message, so the caller counts it as unconfirmed until the answer is recorded.
+    before_data: Callable[[], Awaitable[None]] | None = field(
+        default=None, compare=False, repr=False
+    )
 
 
 class Transport(Protocol):
@@ -173,10 +178,17 @@ class SmtpTransport:
                     code=553,
                 )
             options = ["SMTPUTF8"]
+        client = conn.client
+        encoding = "utf-8" if options else "ascii"
+        if client.supports_extension("size"):
+            options = [f"SIZE={len(envelope.data)}", *options]
         try:
-            await conn.client.sendmail(
-                envelope.mail_from, [envelope.recipient], envelope.data, mail_options=options
-            )
+            # sendmail's steps, with a pause before DATA for the caller (Envelope.before_data).
+            await client.mail(envelope.mail_from, options=options, encoding=encoding)
+            await client.rcpt(envelope.recipient, encoding=encoding)
+            if envelope.before_data is not None:
+                await envelope.before_data()
+            await client.data(envelope.data)
         except (aiosmtplib.SMTPException, OSError, ssl.SSLError, UnicodeError) as exc:
             await _quit(conn.client)
             raise classify(exc, "send") from None

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,8 @@ class Sink:
     rcpt_reply: str | None = None
     received: asyncio.Event = field(default_factory=asyncio.Event)
     rcpt_attempts: int = 0
+    # Awaited when a message's data has arrived, before the sink answers it.
+    on_data: Callable[[], Awaitable[None]] | None = None
 
 
 class _Handler:
@@ -49,6 +51,8 @@ class _Handler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         data = envelope.original_content or envelope.content
         assert isinstance(data, bytes)
+        if self.sink.on_data is not None:
+            await self.sink.on_data()
         self.sink.messages.append((str(envelope.mail_from), list(envelope.rcpt_tos), data))
         self.sink.received.set()
         return "250 2.0.0 Accepted"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 
 import pytest
@@ -455,3 +456,54 @@ async def test_a_staff_digest_names_the_pool_and_links_to_its_queue(
     assert f"http://127.0.0.1:8025/staff/pools/{pool.id}" in text_of(msg)
     assert "1 is marked urgent." in text_of(msg)
     assert msg["List-Unsubscribe"] is None and msg["Reply-To"] is None
+
+
+async def _sent(svc) -> int:
+    from sqlalchemy import func, select
+
+    from gateway.models import Notification
+
+    async with svc.sessions() as s:
+        return int(
+            await s.scalar(
+                select(func.count()).select_from(Notification).where(Notification.state == "sent")
+            )
+            or 0
+        )
+
+
+@pytest.mark.parametrize("unconfirmed", [1, 4])
+async def test_a_crash_could_find_at_most_max_unconfirmed_messages_taken_but_unrecorded(
+    services, world, start_sink, relay_to, unconfirmed
+):
+    """From DATA on, the relay may take the message; until its answer is committed a crash
+    would send it again. Sends take turns for that stretch: with max_unconfirmed = 1 each
+    message reaches DATA only after every earlier accepted one is recorded 'sent'."""
+    sink = await start_sink()
+    svc = relay_to(services, sink.port, max_unconfirmed=unconfirmed, per_domain_concurrency=8)
+    for _ in range(6):
+        await _invited(svc, world)
+    at_data: list[tuple[int, int]] = []  # (accepted before this one, recorded 'sent' then)
+    inside = 0
+    most_inside = 0
+
+    async def on_data() -> None:
+        nonlocal inside, most_inside
+        inside += 1
+        most_inside = max(most_inside, inside)
+        at_data.append((len(sink.messages), await _sent(svc)))
+        await asyncio.sleep(0.05)  # a relay that takes its time to answer
+        inside -= 1
+
+    sink.on_data = on_data
+    part = DeliveryPart(svc)
+    try:
+        assert await part.run_once("w") == 6
+    finally:
+        await part.transport.close()
+    assert await _sent(svc) == 6 and len(sink.messages) == 6
+    if unconfirmed == 1:
+        assert most_inside == 1
+        assert all(accepted == recorded for accepted, recorded in at_data), at_data
+    else:
+        assert 1 < most_inside <= unconfirmed  # the knob lets sends overlap, up to its value
