@@ -303,15 +303,16 @@ class Intake:
         """
         cfg = self.services.config.inbound
         now = self.services.clock.now()
-        query = select(InboundMessage.id).where(InboundMessage.state == "received")
-        if stale:
+        query = (
+            select(InboundMessage.id)
+            .where(InboundMessage.state == "received")
+            .order_by(InboundMessage.received_at)
+        )
+        if stale:  # at start-up: everything, as before the crash
             query = query.where(
                 InboundMessage.received_at < now - timedelta(seconds=cfg.adopt_after_seconds),
                 or_(InboundMessage.adopted_until.is_(None), InboundMessage.adopted_until < now),
-            )
-        query = query.order_by(InboundMessage.received_at)
-        if stale:
-            query = query.limit(ADOPT_LIMIT)  # at start-up: everything, as before the crash
+            ).limit(ADOPT_LIMIT)
         if self._read_engine is not None:
             # SQLite: one node per store, and the queue already knows what it holds.
             async with self.read_sessions() as session:

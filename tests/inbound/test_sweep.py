@@ -43,12 +43,12 @@ async def test_a_survivor_adopts_a_dead_nodes_messages_once_they_are_old_enough(
     story: Story, make_intake, clock: FakeClock
 ):
     dead, survivor = make_intake(story.services), make_intake(story.services)
-    ids = await _store(story, dead, 5, "orphan")
+    await _store(story, dead, 5, "orphan")
     assert await survivor.recover() == 5  # start-up takes everything, stale or not
     await survivor.drain()
     assert (await _states(story))["kept"] == 5
 
-    more = await _store(story, dead, 3, "late")
+    await _store(story, dead, 3, "late")
     adopt_after = story.services.config.inbound.adopt_after_seconds
     clock.advance(seconds=adopt_after - 1)
     assert await survivor.sweep() == 0  # its node may still be working on them
@@ -56,7 +56,6 @@ async def test_a_survivor_adopts_a_dead_nodes_messages_once_they_are_old_enough(
     assert await survivor.sweep() == 3
     await survivor.drain()
     assert await _states(story) == Counter({"kept": 8})
-    assert len(set(ids + more)) == 8
 
 
 async def test_two_sweeping_nodes_process_each_message_exactly_once(

@@ -6,10 +6,10 @@ import asyncio
 import itertools
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 
 from gateway import notify
-from gateway.models import Clinic, Patient
+from gateway.models import Clinic, Notification, Patient, Pool, Token
 from gateway.notify import Kind, Notice
 from gateway.outbound import queue
 from gateway.outbound.delivery import DeliveryPart
@@ -389,10 +389,6 @@ async def test_an_internationalised_recipient_is_dead_lettered_not_rewritten(
 async def test_staff_notice_about_a_thread_carries_a_staff_reply_to_only_if_allowed(
     services, world, sink, relay_to, allowed
 ):
-    from sqlalchemy import select
-
-    from gateway.models import Token
-
     svc = relay_to(services, sink.port)
     clinic = await world.clinic()
     nurse = await world.staff(clinic)
@@ -430,10 +426,6 @@ async def test_staff_notice_about_a_thread_carries_a_staff_reply_to_only_if_allo
 async def test_a_staff_digest_names_the_pool_and_links_to_its_queue(
     services, world, sink, relay_to
 ):
-    from sqlalchemy import select
-
-    from gateway.models import Pool
-
     svc = relay_to(services, sink.port)
     clinic = await world.clinic()
     nurse = await world.staff(clinic)
@@ -459,10 +451,6 @@ async def test_a_staff_digest_names_the_pool_and_links_to_its_queue(
 
 
 async def _sent(svc) -> int:
-    from sqlalchemy import func, select
-
-    from gateway.models import Notification
-
     async with svc.sessions() as s:
         return int(
             await s.scalar(
