@@ -24,6 +24,7 @@ from gateway.config import Config, parse_config
 from gateway.crypto import KeyRing, write_keyring
 from gateway.models import Clinic, Patient, Staff
 from gateway.services import Services, open_services
+from tests.support.net import reserve_port
 
 PG_ENV = "CAREBRIDGE_TEST_PG_URL"
 
@@ -197,12 +198,6 @@ def world(services: Services) -> World:
 
 
 @pytest.fixture
-def free_port() -> Iterator[Callable[[], int]]:
-    import socket
-
-    def get() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return int(s.getsockname()[1])
-
-    yield get
+def free_port() -> Callable[[], int]:
+    """Ports for servers that bind later (subprocesses, threads): see tests/support/net.py."""
+    return reserve_port

@@ -12,7 +12,9 @@ from contextlib import contextmanager
 from typing import Any
 
 from dnslib import MX, QTYPE, RCODE, RR, TXT, DNSLabel
-from dnslib.server import BaseResolver, DNSLogger, DNSServer
+from dnslib.server import BaseResolver
+
+from tests.support.net import dns_servers
 
 
 class Zone(BaseResolver):  # type: ignore[misc]
@@ -69,16 +71,5 @@ class Zone(BaseResolver):  # type: ignore[misc]
 def dns_server() -> Iterator[tuple[Zone, int]]:
     """Start UDP and TCP servers on one free loopback port; yield the zone and the port."""
     zone = Zone()
-    quiet = DNSLogger(logf=lambda *a: None)
-    udp = DNSServer(zone, address="127.0.0.1", port=0, logger=quiet)
-    port = udp.server.server_address[1]
-    tcp = DNSServer(zone, address="127.0.0.1", port=port, tcp=True, logger=quiet)
-    udp.start_thread()
-    tcp.start_thread()
-    try:
+    with dns_servers(zone) as port:
         yield zone, port
-    finally:
-        udp.stop()
-        tcp.stop()
-        udp.server.server_close()
-        tcp.server.server_close()

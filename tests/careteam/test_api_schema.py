@@ -28,6 +28,7 @@ from gateway.crypto import KeyRing
 from gateway.serve import WebPart
 from gateway.services import open_services
 from gateway.web.api import create_api
+from tests.support.net import reserve_port
 
 
 @dataclass
@@ -94,11 +95,7 @@ def _serve(tmp: Path, port: int, ready: threading.Event, box: dict[str, Any]) ->
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
+    port = reserve_port()
     ready, box = threading.Event(), {}
     thread = threading.Thread(
         target=_serve, args=(tmp_path_factory.mktemp("api"), port, ready, box), daemon=True

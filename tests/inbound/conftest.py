@@ -15,8 +15,9 @@ from typing import Any
 import dkim
 import pytest
 from dnslib import QTYPE, RR, TXT, A
-from dnslib.server import BaseResolver, DNSLogger, DNSServer
+from dnslib.server import BaseResolver
 
+from tests.support.net import dns_servers
 from gateway import threads, tokens
 from gateway.dkim import generate_key
 from gateway.inbound.intake import Intake
@@ -59,26 +60,8 @@ class Dns:
 @pytest.fixture
 def dns_server() -> Iterator[Dns]:
     resolver = DictResolver()
-    quiet = DNSLogger(logf=lambda *a: None)
-    for _ in range(50):  # the UDP port's TCP twin may be taken by another process
-        udp = DNSServer(resolver, address="127.0.0.1", port=0, logger=quiet)
-        port = udp.server.server_address[1]
-        try:
-            tcp = DNSServer(resolver, address="127.0.0.1", port=port, tcp=True, logger=quiet)
-            break
-        except OSError:
-            udp.server.server_close()
-    else:
-        pytest.fail("no free port pair for the test DNS server")
-    udp.start_thread()
-    tcp.start_thread()
-    try:
+    with dns_servers(resolver) as port:
         yield Dns(resolver, port)
-    finally:
-        udp.stop()
-        tcp.stop()
-        udp.server.server_close()
-        tcp.server.server_close()
 
 
 @pytest.fixture

@@ -14,8 +14,9 @@ import pytest
 import trustme
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from dnslib import MX, QTYPE, RR, TXT, A
-from dnslib.server import BaseResolver, DNSLogger, DNSServer
+from dnslib.server import BaseResolver
 
+from tests.support.net import dns_servers
 from gateway.services import Services
 
 
@@ -163,16 +164,8 @@ class Dns:
 @pytest.fixture
 def dns_server() -> Iterator[Dns]:
     zone = _Zone()
-    logger = DNSLogger(logf=lambda *a: None)
-    udp = DNSServer(zone, address="127.0.0.1", port=0, logger=logger)
-    port = udp.server.server_address[1]
-    tcp = DNSServer(zone, address="127.0.0.1", port=port, tcp=True, logger=logger)
-    udp.start_thread()
-    tcp.start_thread()
-    yield Dns(zone, port)
-    for server in (udp, tcp):
-        server.stop()
-        server.server.server_close()
+    with dns_servers(zone) as port:
+        yield Dns(zone, port)
 
 
 @pytest.fixture

@@ -6,11 +6,14 @@ over UDP and TCP on one port. Usable as a context manager in tests and bench scr
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
 from dnslib import QTYPE, RR, TXT
-from dnslib.server import BaseResolver, DNSLogger, DNSServer
+from dnslib.server import BaseResolver
+
+from tests.support.net import dns_servers
 
 
 class _Resolver(BaseResolver):  # type: ignore[misc]
@@ -33,31 +36,17 @@ class _Resolver(BaseResolver):  # type: ignore[misc]
 class LoopbackDns:
     records: dict[str, list[str]] = field(default_factory=dict)
     port: int = 0
-    _servers: list[Any] = field(default_factory=list)
+    _served: AbstractContextManager[int] | None = None
 
     def start(self) -> LoopbackDns:
-        resolver = _Resolver(self.records)
-        quiet = DNSLogger(logf=lambda *a: None)
-        for _ in range(50):  # the UDP port's TCP twin may be taken
-            udp = DNSServer(resolver, address="127.0.0.1", port=0, logger=quiet)
-            port = udp.server.server_address[1]
-            try:
-                tcp = DNSServer(resolver, address="127.0.0.1", port=port, tcp=True, logger=quiet)
-                break
-            except OSError:
-                udp.server.server_close()
-        else:
-            raise RuntimeError("no free port pair for the loopback DNS server")
-        self.port = port
-        self._servers = [udp, tcp]
-        for s in self._servers:
-            s.start_thread()
+        self._served = dns_servers(_Resolver(self.records))
+        self.port = self._served.__enter__()
         return self
 
     def stop(self) -> None:
-        for s in self._servers:
-            s.stop()
-            s.server.server_close()
+        if self._served is not None:
+            self._served.__exit__(None, None, None)
+            self._served = None
 
     def txt(self, name: str, value: str) -> None:
         self.records.setdefault(name.lower(), []).append(value)

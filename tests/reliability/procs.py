@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -21,14 +20,13 @@ from gateway import clinics, db, dkim, patients, threads, tokens
 from gateway.config import parse_config
 from gateway.crypto import KeyRing, write_keyring
 from gateway.services import Services, open_services
+from tests.support.net import reserve_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return reserve_port()
 
 
 def _toml_value(v: object) -> str:
