@@ -29,7 +29,8 @@ async def main(n: int, store_url: str | None) -> None:
     import httpx
     from sqlalchemy import insert
 
-    from gateway import clinics, dashboard, db
+    from gateway import db
+    from gateway.admin import clinics, dashboard
     from gateway.config import parse_config
     from gateway.crypto import KeyRing
     from gateway.models import InboundMessage, Notification

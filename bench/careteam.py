@@ -30,10 +30,13 @@ sys.path.insert(0, str(ROOT))
 async def main(n: int, store_url: str | None) -> None:
     import httpx
 
-    from gateway import apikeys, clinics, db, patients, staff, threads
+    from gateway import db
+    from gateway.admin import apikeys, clinics
+    from gateway.careteam import staff, threads
     from gateway.config import parse_config
     from gateway.crypto import KeyRing
     from gateway.models import PoolMember
+    from gateway.portal import patients
     from gateway.scheduler import SchedulerPart
     from gateway.services import open_services
     from gateway.web.app import create_app
@@ -149,7 +152,7 @@ async def main(n: int, store_url: str | None) -> None:
 
 
 async def _rules(s, clinic_id):  # type: ignore[no-untyped-def]
-    from gateway import pools
+    from gateway.careteam import pools
 
     return await pools.rules_of(s, clinic_id)
 

@@ -156,8 +156,10 @@ def run_fsync_sink(messages: int, sessions: int, work: Path) -> float:
 
 async def seed(config_path: Path) -> str:
     """A clinic, a patient and a live reply address on the temporary store."""
-    from gateway import clinics, patients, tokens
+    from gateway import tokens
+    from gateway.admin import clinics
     from gateway.config import load_config
+    from gateway.portal import patients
     from gateway.services import open_services
 
     services = await open_services(load_config(config_path))

@@ -94,12 +94,15 @@ def percentile(values: list[float], p: float) -> float:
 async def run(args: argparse.Namespace) -> None:
     from sqlalchemy import select
 
-    from gateway import clinics, db, dkim, patients
+    from gateway import db
+    from gateway.admin import clinics
     from gateway.config import parse_config
     from gateway.crypto import KeyRing
     from gateway.models import Notification
-    from gateway.notify import Kind, Notice, enqueue
+    from gateway.outbound import dkim
     from gateway.outbound.delivery import DeliveryPart
+    from gateway.outbound.notify import Kind, Notice, enqueue
+    from gateway.portal import patients
     from gateway.services import open_services
 
     sink, port = start_sink()
@@ -290,8 +293,8 @@ class _Capture:
 
 async def _one_rendered(services: Any, clinic: Any, patient: Any) -> bytes:
     """One real notification built by the gateway's own path (claim, tokens, render, sign)."""
-    from gateway.notify import Kind, Notice, enqueue
     from gateway.outbound.delivery import DeliveryPart
+    from gateway.outbound.notify import Kind, Notice, enqueue
 
     async with services.transaction() as s:
         await enqueue(

@@ -27,9 +27,11 @@ sys.path.insert(0, str(ROOT))
 async def main(n: int) -> None:
     import httpx
 
-    from gateway import clinics, db, patients
+    from gateway import db
+    from gateway.admin import clinics
     from gateway.config import parse_config
     from gateway.crypto import KeyRing
+    from gateway.portal import patients
     from gateway.services import open_services
     from gateway.web.app import create_app
 

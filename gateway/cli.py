@@ -19,8 +19,11 @@ import click
 import typer
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from gateway import apikey_cli, audit, clinics, db, domains_cli, keys, patients, registration, staff
-from gateway.careteam_cli import calendar_app, pool_app, routing_app
+from gateway import audit, db, keys
+from gateway.admin import apikey_cli, clinics
+from gateway.admin import cli as domains_cli
+from gateway.careteam import staff
+from gateway.careteam.cli import calendar_app, pool_app, routing_app
 from gateway.config import Config, load_config
 from gateway.crypto import KeyRing, load_keyring, write_keyring
 from gateway.errors import CarebridgeError, KeyFileError, UsageError
@@ -28,6 +31,7 @@ from gateway.inbound import cli as quarantine_cli
 from gateway.logs import setup_logging
 from gateway.outbound import cli as queue_cli
 from gateway.portal import cli as library_cli
+from gateway.portal import invitations, patients
 from gateway.services import Services, open_services
 
 T = TypeVar("T")
@@ -372,7 +376,7 @@ def patient_enroll(
                 language=language,
             )
             if result.patient.status == "pending":
-                await registration.invite(s, services, patient=result.patient, clinic=c)
+                await invitations.invite(s, services, patient=result.patient, clinic=c)
             return result
 
     result = run_with_services(ctx, go)
@@ -423,7 +427,7 @@ def demo(
     no_serve: Annotated[bool, typer.Option("--no-serve", help="Seed and exit.")] = False,
 ) -> None:
     """Set up keys and schema, seed a demo clinic, then serve: see carebridge working."""
-    from gateway import demo as demo_mod
+    from gateway.admin import demo as demo_mod
 
     cfg = get_config(ctx)
     path = cfg.path(cfg.keys.file)

@@ -97,7 +97,7 @@ class DeliveryConfig:
 class DnsConfig:
     nameservers: tuple[str, ...] = ()
     timeout_seconds: float = 5.0
-    # Records 'carebridge domain dns' asks clinics to publish (see gateway/domains.py).
+    # Records 'carebridge domain dns' asks clinics to publish (see gateway/admin/domains.py).
     # SPF mechanisms authorising the senders; empty means "a:<[smtp] hostname>".
     spf_mechanisms: tuple[str, ...] = ()
     dmarc_policy: str = "quarantine"

@@ -66,7 +66,7 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1),
             registry=r,
         )
-        # Scrape-time gauges filled by gateway.dashboard.refresh_gauges (admin area).
+        # Scrape-time gauges filled by gateway.admin.dashboard.refresh_gauges (admin area).
         self.queue_depth_by_clinic = Gauge(
             "carebridge_outbound_queue_depth_by_clinic",
             "Waiting, sending and failed notifications by clinic slug",

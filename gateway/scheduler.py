@@ -22,7 +22,8 @@ from datetime import timedelta
 from sqlalchemy import delete, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway import appointments, escalation, throttle
+from gateway import throttle
+from gateway.careteam import appointments, escalation
 from gateway.models import Appointment, IdempotencyRecord, Token
 from gateway.services import Services
 from gateway.web import sessions as web_sessions

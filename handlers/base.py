@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway.inbound.auth import AuthVerdict, Envelope
 from gateway.inbound.parsing import Sender
 from gateway.models import Clinic, InboundMessage, Patient, Token
-from gateway.patients import email_index
+from gateway.portal.patients import email_index
 from gateway.services import Services
 
 

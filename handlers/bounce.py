@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 from gateway import audit
 from gateway.models import Notification, Patient, Pool, PoolMember, Staff
-from gateway.notify import Kind, Notice, enqueue
+from gateway.outbound.notify import Kind, Notice, enqueue
 from handlers.base import BounceRecorded, Context, Ignore, Outcome, Quarantine
 
 log = logging.getLogger("carebridge.inbound.bounce")

@@ -3,8 +3,8 @@
 Filed only when the token names the patient and the aligned authenticated sender is the
 address on file (see :func:`handlers.base.authenticated_patient`). Quoted text and signatures
 are stripped with mail-parser-reply, so only the new words enter the thread, encrypted, through
-the same :mod:`gateway.threads` functions the portal uses (which notify the pool and queue the
-patient's PHI-free acknowledgement).
+the same :mod:`gateway.careteam.threads` functions the portal uses (which notify the pool and
+queue the patient's PHI-free acknowledgement).
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from email.message import EmailMessage
 
 from mailparser_reply import EmailReplyParser
 
-from gateway import patients, threads
+from gateway.careteam import threads
 from gateway.errors import UsageError
 from gateway.inbound.parsing import header_text, text_body
 from gateway.models import Clinic
+from gateway.portal import patients
 from handlers.base import Context, Filed, Outcome, Quarantine, authenticated_patient
 
 _LANGUAGES = ["en", "es", "de", "fr"]

@@ -1,6 +1,6 @@
 """``reply+TOKEN@`` whose token names a staff member: a clinician answered by email.
 
-Filed through :func:`gateway.threads.post_staff_message` (the portal's path: stops the SLA
+Filed through :func:`gateway.careteam.threads.post_staff_message` (the portal's path: stops the SLA
 clock, tells the patient PHI-free) only when every check holds: the clinic has staff email
 replies on; the token names an active staff member of this clinic and a thread of this
 clinic; a DKIM signature aligned with the From domain passed (SPF alone is not enough: the
@@ -10,7 +10,7 @@ and the From address is the one on the staff account. Anything else is quarantin
 
 from __future__ import annotations
 
-from gateway import staff_replies, threads
+from gateway.careteam import staff_replies, threads
 from gateway.errors import UsageError
 from gateway.models import Staff, Thread
 from handlers.base import Context, Filed, Outcome, Quarantine

@@ -12,17 +12,20 @@ import asyncio
 import dataclasses
 import os
 import secrets
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway import clinics, db, patients, staff
+from gateway import db
+from gateway.admin import clinics
+from gateway.careteam import staff
 from gateway.config import Config, parse_config
 from gateway.crypto import KeyRing, write_keyring
 from gateway.models import Clinic, Patient, Staff
+from gateway.portal import patients
 from gateway.services import Services, open_services
 from tests.support.net import reserve_port
 

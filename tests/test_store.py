@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import LargeBinary, select, text, type_coerce, update
 
-from gateway import audit, keys, patients
+from gateway import audit, keys
 from gateway.crypto import load_keyring
 from gateway.errors import DecryptionError
 from gateway.models import AuditEvent, Patient
+from gateway.portal import patients
 from tests.conftest import CANARY_EMAIL, CANARY_FAMILY, CANARY_GIVEN, World
 
 

@@ -13,7 +13,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from gateway import quarantine
+from gateway.inbound import quarantine
 from gateway.inbound.intake import Intake, state_of
 from gateway.services import Services
 

@@ -18,7 +18,8 @@ from email.message import EmailMessage
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway import clinics, tokens
+from gateway import tokens
+from gateway.admin import clinics
 from gateway.inbound.auth import Envelope
 from handlers import autoreply, bounce, postmaster, registration, reply
 from handlers.base import Handler

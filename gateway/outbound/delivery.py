@@ -30,11 +30,11 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway import dkim, staff_replies
+from gateway.careteam import staff_replies
 from gateway.groupcommit import GroupCommitter
 from gateway.models import Clinic, DkimKey, Notification, Patient, Pool, Staff
-from gateway.notify import OPTIONAL_KINDS, PATIENT_KINDS, Kind, Notice
-from gateway.outbound import headers, links, queue
+from gateway.outbound import dkim, headers, links, queue
+from gateway.outbound.notify import OPTIONAL_KINDS, PATIENT_KINDS, Kind, Notice
 from gateway.outbound.render import EmailContext, Renderer, brand_color, format_when
 from gateway.outbound.transport import DeliveryError, Envelope, Transport, build_transport
 from gateway.services import Services
@@ -319,7 +319,7 @@ class DeliveryPart:
         now: datetime,
     ) -> links.Addressing:
         """Staff notices about a thread may be answered by email where the clinic allows it
-        (:mod:`gateway.staff_replies` decides, and mints the staff reply token)."""
+        (:mod:`gateway.careteam.staff_replies` decides, and mints the staff reply token)."""
         staff = await session.get(Staff, row.staff_id)
         thread_id = row.context.get("thread_id")
         if staff is None or not isinstance(thread_id, str):

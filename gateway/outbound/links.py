@@ -26,7 +26,7 @@ from gateway.crypto import hash_secret
 from gateway.models import Clinic, Notification, Token
 from gateway.models.security import TOKEN_PURPOSES
 from gateway.models.types import new_id
-from gateway.notify import OPTIONAL_KINDS, Kind
+from gateway.outbound.notify import OPTIONAL_KINDS, Kind
 
 # Patient kinds about a conversation: the link opens it and a reply by email is filed in it.
 THREAD_KINDS = frozenset(

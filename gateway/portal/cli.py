@@ -45,8 +45,8 @@ def assign(
     note: Annotated[str, typer.Option(help="A short note shown to the patient.")] = "",
 ) -> None:
     """Suggest an article to a patient; it appears in their inbox and library."""
-    from gateway import patients
     from gateway.cli import run_with_services
+    from gateway.portal import patients
 
     async def go(services: Services) -> str:
         async with services.transaction() as s:

@@ -20,11 +20,12 @@ from datetime import date
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway import audit, patients, throttle
+from gateway import audit, throttle
 from gateway.addresses import index_form
 from gateway.errors import InvalidAddressError, UsageError
 from gateway.models import Clinic, Patient
-from gateway.registration import invite
+from gateway.portal import patients
+from gateway.portal.invitations import invite
 from gateway.services import Services
 
 log = logging.getLogger("carebridge.portal.enrolment")

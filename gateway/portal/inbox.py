@@ -11,9 +11,11 @@ from datetime import datetime
 
 from sqlalchemy import select, update
 
-from gateway import audit, patients, threads
+from gateway import audit
+from gateway.careteam import threads
 from gateway.models import Appointment, Clinic, Message, Patient, Thread
-from gateway.notify import OPTIONAL_KINDS
+from gateway.outbound.notify import OPTIONAL_KINDS
+from gateway.portal import patients
 from gateway.services import Services
 
 

@@ -2,7 +2,7 @@
 copy, and a non-urgent question; plus replies in an existing thread.
 
 A form becomes a :class:`Draft` (subject, body, structured details, all stored encrypted by
-:mod:`gateway.threads`). Every draft is screened for red-flag words before it is sent; the
+:mod:`gateway.careteam.threads`). Every draft is screened for red-flag words before it is sent; the
 web layer shows the "call 911 or the clinic" page on a hit and sends only if the patient
 confirms, flagging the thread urgent. New threads go to the clinic the patient is enrolled at
 now, so a patient who moved keeps the old threads and writes to the new clinic.
@@ -14,10 +14,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway import patients, threads
+from gateway.careteam import threads
 from gateway.errors import UsageError
 from gateway.models import Clinic, Message, Patient, Thread
-from gateway.portal import urgent
+from gateway.portal import patients, urgent
 from gateway.portal.signup import FormProblem
 from gateway.services import Services
 

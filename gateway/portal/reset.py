@@ -15,15 +15,16 @@ from dataclasses import dataclass
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway import audit, patients, throttle, tokens
+from gateway import audit, throttle, tokens
 from gateway.addresses import index_form
+from gateway.careteam.staff import find_staff_by_email
 from gateway.errors import InvalidAddressError
 from gateway.models import Patient, Staff, WebSession
-from gateway.notify import Kind, Notice, enqueue
+from gateway.outbound.notify import Kind, Notice, enqueue
 from gateway.passwords import hash_password
+from gateway.portal import patients
 from gateway.portal.signup import FormProblem, password_problem
 from gateway.services import Services
-from gateway.staff import find_staff_by_email
 
 KINDS = ("patient", "staff")
 

@@ -20,7 +20,7 @@ from gateway import audit
 from gateway.errors import NotFoundError, UsageError
 from gateway.models import Clinic, Patient, Result
 from gateway.models.portal import RESULT_KINDS
-from gateway.notify import Kind, Notice, enqueue
+from gateway.outbound.notify import Kind, Notice, enqueue
 from gateway.services import Services
 
 

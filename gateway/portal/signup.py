@@ -17,11 +17,11 @@ import pyotp
 from sqlalchemy.ext.asyncio import AsyncSession
 from zxcvbn import zxcvbn
 
-from gateway import audit, patients, tokens
+from gateway import audit, tokens
 from gateway.errors import UsageError
 from gateway.models import Clinic, Patient, Token
 from gateway.passwords import hash_password
-from gateway.portal import terms
+from gateway.portal import patients, terms
 from gateway.services import Services
 
 log = logging.getLogger("carebridge.portal.signup")

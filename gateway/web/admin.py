@@ -17,9 +17,9 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway import dashboard, domains
-from gateway.clinics import get_clinic, list_clinics
-from gateway.dashboard import AuditFilter, Scope
+from gateway.admin import dashboard, domains
+from gateway.admin.clinics import get_clinic, list_clinics
+from gateway.admin.dashboard import AuditFilter, Scope
 from gateway.errors import CarebridgeError, NotFoundError
 from gateway.models import Clinic
 from gateway.web import charts, sessions
@@ -317,7 +317,7 @@ async def rotate(request: Request, principal: AdminPrincipal) -> Response:
 # -- quarantine ----------------------------------------------------------------------------
 async def _item_in_view(request: Request, principal: Principal, item_id: str) -> dict[str, Any]:
     """The item's PHI-free summary, or 404 when it is not in this admin's clinic."""
-    from gateway import quarantine
+    from gateway.inbound import quarantine
 
     async with services_of(request).sessions() as s:
         view = await _view(s, principal, "")
@@ -354,7 +354,7 @@ async def quarantine_show(request: Request, item_id: str, principal: AdminPrinci
 @router.post("/quarantine/{item_id}/read", dependencies=CSRF, response_class=HTMLResponse)
 async def quarantine_read(request: Request, item_id: str, principal: AdminPrincipal) -> Response:
     """Show the held message itself: a PHI read, audited by ``quarantine.read_raw``."""
-    from gateway import quarantine
+    from gateway.inbound import quarantine
 
     item = await _item_in_view(request, principal, item_id)
     services = services_of(request)
@@ -381,7 +381,7 @@ async def quarantine_act(
     request: Request, item_id: str, action: str, principal: AdminPrincipal
 ) -> Response:
     """Release (re-run the intake path) or discard (erase the message); both audited."""
-    from gateway import quarantine
+    from gateway.inbound import quarantine
     from gateway.inbound.intake import Intake
 
     if action not in ("release", "discard"):
@@ -423,7 +423,7 @@ wellknown_router = APIRouter(include_in_schema=False)
 
 @wellknown_router.get("/.well-known/mta-sts.txt")
 async def mta_sts_policy(request: Request) -> Response:
-    from gateway.clinics import clinic_by_reply_domain
+    from gateway.admin.clinics import clinic_by_reply_domain
 
     services = services_of(request)
     host = request.headers.get("host", "").split(":")[0].lower().rstrip(".")

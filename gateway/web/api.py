@@ -19,7 +19,8 @@ from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Fiel
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway import apikeys, appointments, patients, threads
+from gateway.admin import apikeys
+from gateway.careteam import appointments, threads
 from gateway.models import (
     ApiKey,
     Appointment,
@@ -29,6 +30,7 @@ from gateway.models import (
     Pool,
     Thread,
 )
+from gateway.portal import patients
 from gateway.services import Services
 from gateway.web import problems
 from gateway.web.idempotency import IdempotencyMiddleware, ProblemGuard

@@ -13,10 +13,9 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from gateway import patients, registration
 from gateway.errors import CarebridgeError, NotFoundError
 from gateway.models import Clinic, Patient
-from gateway.portal import enrolment, library
+from gateway.portal import enrolment, invitations, library, patients
 from gateway.web import sessions
 from gateway.web.health import services_of
 from gateway.web.pages import render
@@ -141,7 +140,7 @@ async def reinvite(request: Request, patient_id: str, principal: Principal = Des
         if patient is None or clinic is None or clinic.id != principal.clinic_id:
             return render(request, "portal/not-found.html.j2", status_code=404)
         if patients.pending_reasons(patient):
-            await registration.invite(s, services, patient=patient, clinic=clinic)
+            await invitations.invite(s, services, patient=patient, clinic=clinic)
     return RedirectResponse(f"/staff/desk/patients/{patient_id}", status_code=303)
 
 

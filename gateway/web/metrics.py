@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from gateway.dashboard import refresh_gauges
+from gateway.admin.dashboard import refresh_gauges
 from gateway.web.health import services_of
 
 router = APIRouter(include_in_schema=False)

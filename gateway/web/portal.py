@@ -12,12 +12,11 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from gateway import patients
 from gateway.errors import NotFoundError, UsageError
 from gateway.models.org import REQUEST_TYPES
-from gateway.notify import OPTIONAL_KINDS
+from gateway.outbound.notify import OPTIONAL_KINDS
 from gateway.portal import inbox as inbox_mod
-from gateway.portal import library, requests, results
+from gateway.portal import library, patients, requests, results
 from gateway.portal.signup import FormProblem
 from gateway.web import sessions
 from gateway.web.health import services_of

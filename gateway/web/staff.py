@@ -18,7 +18,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway import audit, digests, pools, sla, threads
+from gateway import audit
+from gateway.careteam import digests, pools, sla, threads
 from gateway.errors import CarebridgeError, UsageError
 from gateway.models import Clinic, Patient, Pool, Result, Staff, Thread
 from gateway.models.org import REQUEST_TYPES

@@ -16,10 +16,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select, update
 
-from gateway import domains, notify
-from gateway.clinics import get_clinic
+from gateway.admin import domains
+from gateway.admin.clinics import get_clinic
 from gateway.models import AuditEvent, Clinic, Patient, Thread
-from gateway.notify import Kind, Notice
+from gateway.outbound import notify
+from gateway.outbound.notify import Kind, Notice
 from gateway.services import Services
 from tests.admin.conftest import Cli, post_page, sign_in
 from tests.conftest import (
@@ -261,7 +262,7 @@ async def test_readiness_needs_database_keys_and_smtp(services: Services, with_c
 async def test_daily_series_counts_latency_and_bounce_rate(
     services: Services, world: World, clock: FakeClock
 ) -> None:
-    from gateway import dashboard
+    from gateway.admin import dashboard
 
     story = await _story(services, world, clock)
     async with services.sessions() as s:

@@ -10,10 +10,11 @@ import json
 
 import pytest
 
-from gateway import dkim, domains
-from gateway.clinics import get_clinic
+from gateway.admin import domains
+from gateway.admin.clinics import get_clinic
 from gateway.errors import UsageError
 from gateway.models import DkimKey
+from gateway.outbound import dkim
 from gateway.services import Services
 from tests.admin.conftest import Cli, sign_in
 from tests.admin.dnsserver import Zone

@@ -11,11 +11,12 @@ import json
 import logging
 from datetime import timedelta
 
-from gateway import domains, notify
-from gateway.clinics import get_clinic
+from gateway.admin import domains
+from gateway.admin.clinics import get_clinic
 from gateway.config import LogConfig
 from gateway.logs import setup_logging
-from gateway.notify import Kind, Notice
+from gateway.outbound import notify
+from gateway.outbound.notify import Kind, Notice
 from gateway.services import Services
 from tests.admin.conftest import Cli, post_page, sign_in
 from tests.admin.dnsserver import Zone

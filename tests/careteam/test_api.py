@@ -12,9 +12,10 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from gateway import apikeys, threads
+from gateway.admin import apikeys
+from gateway.careteam import threads
 from gateway.models import Appointment, Message, Notification, Thread
-from gateway.notify import Kind
+from gateway.outbound.notify import Kind
 from gateway.services import Services
 from gateway.web.app import create_app
 from tests.conftest import CANARY_EMAIL, CANARY_FAMILY, CANARY_GIVEN, CANARY_TEXT, FakeClock, World
@@ -244,7 +245,6 @@ async def test_queues_count_open_work(
 async def test_enrol_invites_and_is_idempotent(
     services: Services, world: World, client: httpx.AsyncClient
 ) -> None:
-    pytest.importorskip("gateway.registration", reason="the outbound helper's registration.invite")
     clinic = await world.clinic()
     body = {
         "clinic": clinic.slug,

@@ -22,9 +22,11 @@ from hypothesis import HealthCheck, settings
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from gateway import apikeys, clinics, db, patients
+from gateway import db
+from gateway.admin import apikeys, clinics
 from gateway.config import parse_config
 from gateway.crypto import KeyRing
+from gateway.portal import patients
 from gateway.serve import WebPart
 from gateway.services import open_services
 from gateway.web.api import create_api

@@ -8,9 +8,9 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 
-from gateway import escalation, threads
+from gateway.careteam import escalation, threads
 from gateway.models import Notification, Pool, PoolMember, Staff
-from gateway.notify import Kind
+from gateway.outbound.notify import Kind
 from gateway.services import Services
 from tests.conftest import CANARY_TEXT, FakeClock, World
 

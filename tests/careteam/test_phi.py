@@ -12,7 +12,8 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from gateway import apikeys, appointments, escalation, threads
+from gateway.admin import apikeys
+from gateway.careteam import appointments, escalation, threads
 from gateway.models import Notification
 from gateway.services import Services
 from gateway.web.app import create_app

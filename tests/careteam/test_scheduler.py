@@ -9,11 +9,11 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select, text
 
-from gateway import appointments
+from gateway.careteam import appointments
 from gateway.config import Config
 from gateway.crypto import KeyRing
 from gateway.models import Notification, Token
-from gateway.notify import Kind
+from gateway.outbound.notify import Kind
 from gateway.scheduler import SchedulerPart
 from gateway.services import Services, open_services
 from tests.conftest import FakeClock, World

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from gateway import sla
+from gateway.careteam import sla
 from gateway.errors import UsageError
 from gateway.models import Clinic
 

@@ -9,11 +9,12 @@ from email.message import EmailMessage
 import pytest
 from sqlalchemy import select
 
-from gateway import staff_replies, threads, tokens
+from gateway import tokens
+from gateway.careteam import staff_replies, threads
 from gateway.inbound.auth import AuthVerdict, Envelope
 from gateway.inbound.parsing import Sender
 from gateway.models import Clinic, InboundMessage, Notification, Thread, Token
-from gateway.notify import Kind
+from gateway.outbound.notify import Kind
 from gateway.services import Services
 from handlers.base import Context, Filed, Quarantine
 from handlers.staff_reply import handler

@@ -7,9 +7,9 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 
-from gateway import threads
+from gateway.careteam import threads
 from gateway.models import Message, Notification, Pool, PoolMember, Thread
-from gateway.notify import Kind
+from gateway.outbound.notify import Kind
 from gateway.services import Services
 from tests.conftest import CANARY_TEXT, FakeClock, World
 

@@ -12,9 +12,9 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from gateway import threads
+from gateway.careteam import threads
 from gateway.models import AuditEvent, Notification, Pool, PoolMember, RoutingRule, Thread
-from gateway.notify import Kind
+from gateway.outbound.notify import Kind
 from gateway.services import Services
 from gateway.web.app import create_app
 from tests.conftest import CANARY_TEXT, FakeClock, World
@@ -196,7 +196,7 @@ async def test_quick_reply_and_result_release(
             release=False,
             actor="test",
         )
-        from gateway import pools
+        from gateway.careteam import pools
 
         qr = await pools.add_quick_reply(
             s, clinic_id=clinic.id, title="Refill ok", body="Sent to your pharmacy.", actor="t"

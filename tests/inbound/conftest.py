@@ -17,14 +17,15 @@ import pytest
 from dnslib import QTYPE, RR, TXT, A
 from dnslib.server import BaseResolver
 
-from tests.support.net import dns_servers
-from gateway import threads, tokens
-from gateway.dkim import generate_key
+from gateway import tokens
+from gateway.careteam import threads
 from gateway.inbound.intake import Intake
 from gateway.inbound.smtp import SmtpPart
 from gateway.models import Clinic, Patient, Thread
+from gateway.outbound.dkim import generate_key
 from gateway.services import Services
 from tests.conftest import World
+from tests.support.net import dns_servers
 
 
 class DictResolver(BaseResolver):  # type: ignore[misc]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from gateway import threads
+from gateway.careteam import threads
 from gateway.inbound.routing import resolve_recipient
 from gateway.models import InboundMessage
 from tests.inbound.conftest import compose

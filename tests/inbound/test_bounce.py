@@ -13,7 +13,7 @@ from sqlalchemy import select
 from gateway.inbound.parsing import parse_sync
 from gateway.inbound.routing import resolve_recipient
 from gateway.models import InboundMessage, Notification, Patient, Pool, PoolMember
-from gateway.notify import Kind, Notice, enqueue
+from gateway.outbound.notify import Kind, Notice, enqueue
 from tests.inbound.conftest import Story, asend, compose
 
 SAMPLES = Path(__file__).parent / "bounces"

@@ -18,7 +18,7 @@ import pytest
 from aioimaplib import IMAP4
 from sqlalchemy import func, select
 
-from gateway import threads
+from gateway.careteam import threads
 from gateway.config import ImapConfig
 from gateway.inbound.imap import ImapPart, ImapPoller
 from gateway.models import ImapMailboxState, InboundMessage

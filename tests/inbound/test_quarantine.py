@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from gateway import threads
+from gateway.careteam import threads
 from gateway.cli import main
 from gateway.models import AuditEvent, InboundMessage, QuarantineItem
 from tests.inbound.conftest import Story, asend, compose, publish_key

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 
-from gateway import threads
+from gateway.careteam import threads
 from gateway.models import InboundMessage, Notification, QuarantineItem
 from tests.inbound.conftest import Story, asend, compose, publish_key
 

@@ -16,8 +16,8 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from dnslib import MX, QTYPE, RR, TXT, A
 from dnslib.server import BaseResolver
 
-from tests.support.net import dns_servers
 from gateway.services import Services
+from tests.support.net import dns_servers
 
 
 @dataclass

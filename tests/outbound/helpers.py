@@ -7,8 +7,8 @@ from email.message import EmailMessage
 
 from sqlalchemy import select
 
-from gateway import dkim
 from gateway.models import Clinic, DkimKey, Notification
+from gateway.outbound import dkim
 from gateway.outbound.delivery import DeliveryPart
 from gateway.services import Services
 

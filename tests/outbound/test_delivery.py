@@ -8,12 +8,11 @@ import itertools
 import pytest
 from sqlalchemy import func, select, update
 
-from gateway import notify
 from gateway.models import Clinic, Notification, Patient, Pool, Token
-from gateway.notify import Kind, Notice
-from gateway.outbound import queue
+from gateway.outbound import notify, queue
 from gateway.outbound.delivery import DeliveryPart
-from gateway.registration import invite
+from gateway.outbound.notify import Kind, Notice
+from gateway.portal.invitations import invite
 
 from .helpers import deliver_all, notification, parse, text_of
 

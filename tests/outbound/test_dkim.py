@@ -8,8 +8,8 @@ import time
 import dkim as dkimpy
 import pytest
 
-from gateway import dkim
-from gateway.registration import invite
+from gateway.outbound import dkim
+from gateway.portal.invitations import invite
 
 from .helpers import deliver_all, parse, publish_keys
 

@@ -10,10 +10,11 @@ from datetime import date
 
 from sqlalchemy import select
 
-from gateway import notify, threads
+from gateway.careteam import threads
 from gateway.models import Pool, PoolMember
-from gateway.notify import Kind, Notice
-from gateway.registration import invite
+from gateway.outbound import notify
+from gateway.outbound.notify import Kind, Notice
+from gateway.portal.invitations import invite
 from tests.conftest import CANARY_EMAIL, CANARY_FAMILY, CANARY_GIVEN, CANARY_TEXT
 
 from .helpers import deliver_all, parse

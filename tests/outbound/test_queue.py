@@ -10,10 +10,9 @@ from datetime import timedelta
 
 import pytest
 
-from gateway import notify
 from gateway.errors import UsageError
-from gateway.notify import Kind, Notice
-from gateway.outbound import queue
+from gateway.outbound import notify, queue
+from gateway.outbound.notify import Kind, Notice
 
 
 async def _queue_rows(services, world, n: int) -> list[str]:

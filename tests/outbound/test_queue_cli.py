@@ -17,7 +17,7 @@ from sqlalchemy import update
 
 from gateway.cli import main
 from gateway.models import Notification
-from gateway.registration import invite
+from gateway.portal.invitations import invite
 
 
 def _main(argv: list[str]) -> tuple[int, str, str]:

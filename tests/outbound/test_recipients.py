@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
-from gateway import notify
 from gateway.errors import InvalidAddressError
 from gateway.models import Notification
-from gateway.notify import Kind, Notice
+from gateway.outbound import notify
+from gateway.outbound.notify import Kind, Notice
 
 BAD = [
     "alice@example.org\r\nBcc: bob@evil.example",

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from gateway.notify import PATIENT_KINDS, Kind
+from gateway.outbound.notify import PATIENT_KINDS, Kind
 from gateway.outbound.render import EmailContext, Renderer, brand_color, format_when
 
 STAFF_KINDS = [k for k in Kind if k not in PATIENT_KINDS] + [Kind.PASSWORD_RESET]

@@ -11,9 +11,9 @@ import re
 import httpx
 from sqlalchemy import select
 
-from gateway import notify
 from gateway.models import Patient, Token
-from gateway.notify import Kind, Notice
+from gateway.outbound import notify
+from gateway.outbound.notify import Kind, Notice
 from gateway.web.app import create_app
 
 from .helpers import deliver_all, notification, parse, text_of

@@ -49,8 +49,8 @@ async def active_patient(services: Services, clinic: object, **kw: object) -> ob
     """A registered patient (terms agreed, email verified, password set), as after /r/."""
     from datetime import date
 
-    from gateway import patients
     from gateway.passwords import hash_password
+    from gateway.portal import patients
 
     kw.setdefault("given_name", "Pat")
     kw.setdefault("family_name", "Example")

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from gateway import threads
+from gateway.careteam import threads
 from gateway.models import AuditEvent, Patient, Staff, Thread
 from gateway.serve import WebPart
 from gateway.services import Services

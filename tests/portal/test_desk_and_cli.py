@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 from sqlalchemy import select
 
-from gateway import appointments
+from gateway.careteam import appointments
 from gateway.models import ArticleAssignment, AuditEvent, Clinic, Patient
 from gateway.services import Services
 from tests.conftest import CANARY_TEXT, World

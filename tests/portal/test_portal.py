@@ -8,9 +8,9 @@ from typing import Any
 import httpx
 from sqlalchemy import select
 
-from gateway import patients, threads
+from gateway.careteam import threads
 from gateway.models import AuditEvent, Message, Notification, Patient, Result, Staff, Thread
-from gateway.portal import library, results
+from gateway.portal import library, patients, results
 from gateway.services import Services
 from tests.conftest import CANARY_TEXT, World
 from tests.portal.conftest import active_patient, csrf_of, patient_sign_in

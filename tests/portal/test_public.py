@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 from sqlalchemy import func, select
 
-from gateway import threads
+from gateway.careteam import threads
 from gateway.models import Clinic, Enrolment, Notification, Patient, Staff, Token
 from gateway.services import Services
 from tests.conftest import CANARY_EMAIL, CANARY_FAMILY, CANARY_GIVEN, CANARY_TEXT, FakeClock, World

@@ -26,11 +26,12 @@ from pathlib import Path
 import aiosmtplib
 from sqlalchemy import func, select, text
 
-from gateway import audit, notify
+from gateway import audit
 from gateway.config import parse_config
 from gateway.crypto import load_keyring
 from gateway.models import Base, InboundMessage, Notification
 from gateway.models.types import _EncryptedBase
+from gateway.outbound import notify
 from gateway.services import Services, open_services
 from tests.reliability.procs import Node, Seeded
 from tests.reliability.sink import Sink

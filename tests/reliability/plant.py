@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from sqlalchemy import Boolean, Date, Integer, String, func, insert, select
 from sqlalchemy.sql.schema import Table
 
-from gateway import clinics, patients
+from gateway.admin import clinics
 from gateway.models import (
     Attachment,
     Base,
@@ -38,6 +38,7 @@ from gateway.models.types import (
     UTCDateTime,
     _EncryptedBase,
 )
+from gateway.portal import patients
 from gateway.services import Services
 from tests.reliability import canary
 

@@ -16,9 +16,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway import clinics, db, dkim, patients, threads, tokens
+from gateway import db, tokens
+from gateway.admin import clinics
+from gateway.careteam import threads
 from gateway.config import parse_config
 from gateway.crypto import KeyRing, write_keyring
+from gateway.outbound import dkim
+from gateway.portal import patients
 from gateway.services import Services, open_services
 from tests.support.net import reserve_port
 

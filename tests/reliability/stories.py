@@ -10,7 +10,8 @@ import secrets
 from dataclasses import dataclass
 from email.utils import format_datetime
 
-from gateway import threads, tokens
+from gateway import tokens
+from gateway.careteam import threads
 from gateway.models import Clinic, Patient, Thread
 from gateway.services import Services
 

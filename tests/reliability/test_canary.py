@@ -22,10 +22,12 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from gateway import notify, patients, registration, staff, threads
+from gateway.careteam import staff, threads
 from gateway.inbound.smtp import SmtpPart
 from gateway.models import InboundMessage, Notification, Patient, Thread
+from gateway.outbound import notify
 from gateway.outbound.delivery import DeliveryPart
+from gateway.portal import patients, registration
 from gateway.services import Services
 from gateway.web.app import create_app
 from tests.reliability import canary, plant

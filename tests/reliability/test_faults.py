@@ -21,10 +21,11 @@ import pytest
 from sqlalchemy import event, func, select
 from sqlalchemy.engine import Engine
 
-from gateway import db, notify
+from gateway import db
 from gateway.crypto import KeyRing
 from gateway.inbound.smtp import SmtpPart
 from gateway.models import InboundMessage, Notification
+from gateway.outbound import notify
 from gateway.outbound.delivery import DeliveryPart
 from gateway.services import Services, open_services
 from tests.conftest import World

@@ -17,9 +17,10 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
-from gateway import audit, digests
+from gateway import audit
+from gateway.careteam import digests
 from gateway.models import Patient, Pool, Staff, Thread
-from gateway.notify import Kind, Notice, enqueue
+from gateway.outbound.notify import Kind, Notice, enqueue
 from gateway.services import Services
 
 log = logging.getLogger("carebridge.sla")

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from gateway import apikeys
+from gateway.admin import apikeys
 from gateway.models import ApiKey
 from gateway.services import Services
 

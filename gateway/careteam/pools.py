@@ -1,8 +1,9 @@
 """A clinic's pools, their members, the routing rules and quick replies, as the admin edits them.
 
 Routing rules are data, kept in order: the first rule (lowest position) whose request type
-matches wins (``*`` catches everything else), see :func:`gateway.threads.route`. Every change
-is audited with ids only. Pool names and quick replies are the clinic's own words, never PHI.
+matches wins (``*`` catches everything else), see :func:`gateway.careteam.threads.route`.
+Every change is audited with ids only. Pool names and quick replies are the clinic's own
+words, never PHI.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway import audit
-from gateway.clinics import check_slug
+from gateway.admin.clinics import check_slug
+from gateway.careteam.threads import ANY_REQUEST
 from gateway.errors import NotFoundError, UsageError
 from gateway.models import Pool, PoolMember, QuickReply, RoutingRule, Staff, Thread
 from gateway.models.org import REQUEST_TYPES
-from gateway.threads import ANY_REQUEST
 
 MAX_SLA_HOURS = 24 * 14
 

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway import audit
 from gateway.errors import NotFoundError, UsageError
 from gateway.models import Appointment, Clinic, Patient
-from gateway.notify import Kind, Notice, enqueue
+from gateway.outbound.notify import Kind, Notice, enqueue
 from gateway.services import Services
 
 log = logging.getLogger("carebridge.reminders")

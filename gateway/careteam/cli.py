@@ -1,6 +1,6 @@
 """``carebridge routing ...`` and ``carebridge pool ...``: a clinic's pools and routing rules.
 
-The same operations as the workspace's set-up page (:mod:`gateway.pools`), for scripts and
+The same operations as the workspace's set-up page (:mod:`gateway.careteam.pools`), for scripts and
 for operators; every change is audited with the actor ``cli``.
 """
 
@@ -10,7 +10,8 @@ from typing import Annotated, Any
 
 import typer
 
-from gateway import clinics, pools
+from gateway.admin import clinics
+from gateway.careteam import pools
 from gateway.errors import UsageError
 from gateway.services import Services
 
@@ -196,7 +197,7 @@ def calendar_show(ctx: typer.Context, clinic: ClinicOpt, as_json: JsonOpt = Fals
     """Show the timezone, opening hours per day and the holidays."""
     import json
 
-    from gateway import sla
+    from gateway.careteam import sla
 
     async def go(services: Services) -> dict[str, Any]:
         async with services.sessions() as s:
@@ -238,7 +239,7 @@ def calendar_set(
     ] = None,
 ) -> None:
     """Change the calendar; days not named in --hours keep their hours."""
-    from gateway import sla
+    from gateway.careteam import sla
 
     async def go(services: Services) -> None:
         async with services.transaction() as s:

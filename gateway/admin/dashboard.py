@@ -32,7 +32,7 @@ from gateway.models import (
     Thread,
 )
 from gateway.models.outbound import NOTIFICATION_STATES
-from gateway.notify import Kind
+from gateway.outbound.notify import Kind
 
 WAITING_STATES = ("queued", "deferred")
 _ADDRESS = re.compile(r"[^\s<>\"'@,;:()\[\]]+@[^\s<>\"'@,;:()\[\]]+")

@@ -19,11 +19,12 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway import audit, digests, sla
+from gateway import audit
+from gateway.careteam import digests, sla
 from gateway.errors import NotFoundError, UsageError
 from gateway.models import Clinic, Message, Patient, Pool, RoutingRule, Staff, Thread
 from gateway.models.org import REQUEST_TYPES
-from gateway.notify import OPTIONAL_KINDS, Kind, Notice, enqueue
+from gateway.outbound.notify import OPTIONAL_KINDS, Kind, Notice, enqueue
 from gateway.services import Services
 
 log = logging.getLogger("carebridge.threads")

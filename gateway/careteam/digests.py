@@ -23,7 +23,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.models import Notification, Pool, PoolMember, Staff
-from gateway.notify import Kind, Notice, enqueue
+from gateway.outbound.notify import Kind, Notice, enqueue
 from gateway.services import Services
 
 log = logging.getLogger("carebridge.digests")

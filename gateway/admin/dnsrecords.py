@@ -4,7 +4,7 @@
 reporting address, MX for the reply domain, optional MTA-STS/TLS-RPT); :func:`check_records`
 looks each one up with dnspython through ``[dns] nameservers`` and :func:`judge` says whether
 it is ok, missing or different. The key life cycle that acts on the result is in
-``gateway/domains.py``.
+``gateway/admin/domains.py``.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from gateway.config import Config
-from gateway.dkim import dns_txt
 from gateway.errors import UsageError
 from gateway.models import Clinic, DkimKey
+from gateway.outbound.dkim import dns_txt
 
 # Keys in these states are in the published records (retired ones are not).
 PUBLISHED_STATES = ("pending", "active", "retiring")

@@ -10,8 +10,11 @@ from datetime import date
 
 from sqlalchemy import select
 
-from gateway import clinics, dkim, patients, registration, staff
+from gateway.admin import clinics
+from gateway.careteam import staff
 from gateway.models import Clinic
+from gateway.outbound import dkim
+from gateway.portal import invitations, patients
 from gateway.services import Services
 
 DEMO_CLINIC = "riverside"
@@ -64,7 +67,7 @@ async def seed(services: Services) -> list[str]:
         )
         # Keys before the first email, as 'carebridge domain add' would make them.
         await dkim.ensure_domain_keys(s, clinic, now=services.clock.now())
-        invitation = await registration.invite(s, services, patient=result.patient, clinic=clinic)
+        invitation = await invitations.invite(s, services, patient=result.patient, clinic=clinic)
         lines += [
             f"seeded clinic '{DEMO_CLINIC}' (enrolment code {clinic.enrolment_code})",
             "staff sign-in: admin@riverside.example, rivera@riverside.example, "

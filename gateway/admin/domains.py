@@ -5,7 +5,8 @@ domains and creates an Ed25519 and an RSA-2048 key under a dated selector; ``rec
 every record the clinic must publish; ``check`` looks each one up through ``[dns] nameservers``
 and says, record by record, what is right, missing or different.
 
-DKIM key life cycle (``DkimKey.state``); only ``active`` keys sign (see ``gateway/dkim.py``):
+DKIM key life cycle (``DkimKey.state``); only ``active`` keys sign
+(see ``gateway/outbound/dkim.py``):
 
     pending --(check sees it in DNS)--> active --(a newer key activates)--> retiring
     retiring --(rotate --finish, or check after [dns] dkim_retire_after_days)--> retired
@@ -29,17 +30,17 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway import audit
-from gateway.dkim import ensure_domain_keys, generate_key
-from gateway.dnsrecords import PUBLISHED_STATES as PUBLISHED_STATES
-from gateway.dnsrecords import CheckResult as CheckResult
-from gateway.dnsrecords import DnsRecord as DnsRecord
-from gateway.dnsrecords import check_records as check_records
-from gateway.dnsrecords import judge as judge
-from gateway.dnsrecords import mta_sts_policy as mta_sts_policy
-from gateway.dnsrecords import records as records
-from gateway.dnsrecords import require_domains as require_domains
+from gateway.admin.dnsrecords import PUBLISHED_STATES as PUBLISHED_STATES
+from gateway.admin.dnsrecords import CheckResult as CheckResult
+from gateway.admin.dnsrecords import DnsRecord as DnsRecord
+from gateway.admin.dnsrecords import check_records as check_records
+from gateway.admin.dnsrecords import judge as judge
+from gateway.admin.dnsrecords import mta_sts_policy as mta_sts_policy
+from gateway.admin.dnsrecords import records as records
+from gateway.admin.dnsrecords import require_domains as require_domains
 from gateway.errors import UsageError
 from gateway.models import Clinic, DkimKey
+from gateway.outbound.dkim import ensure_domain_keys, generate_key
 
 log = logging.getLogger("carebridge.domains")
 
@@ -240,7 +241,7 @@ async def check_clinic(services: Any, clinic_slug: str, *, actor: str) -> CheckR
     DNS lookups run outside any transaction; the state change re-reads the keys and switches
     signing only to pending keys whose records were seen intact.
     """
-    from gateway.clinics import get_clinic
+    from gateway.admin.clinics import get_clinic
 
     async with services.sessions() as session:
         clinic = await get_clinic(session, clinic_slug)

@@ -13,8 +13,8 @@ from typing import Annotated, Any
 
 import typer
 
-from gateway import domains
-from gateway.clinics import get_clinic
+from gateway.admin import domains
+from gateway.admin.clinics import get_clinic
 from gateway.services import Services
 
 app = typer.Typer(help="Clinics' relay domains: DKIM keys and DNS records.", no_args_is_help=True)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway import audit, notify
+from gateway import audit
 from gateway.models import Clinic, Notification, Patient
+from gateway.outbound import notify
 from gateway.services import Services
 
 

@@ -1,0 +1,1 @@
+"""Clinic and operator administration: clinics, relay domains, DNS, API keys, the dashboard."""

@@ -1,0 +1,1 @@
+"""Care-team workflow: threads, pools and routing, SLA clocks, escalation, digests, appointments."""
