@@ -11,10 +11,14 @@ import sys
 from pathlib import Path
 
 import aiosmtplib
+import pytest
 from sqlalchemy import select
 
 from gateway.models import InboundMessage
 from tests.inbound.conftest import Story, compose
+
+# Timing-bound: scripts/test runs these alone, after the parallel part.
+pytestmark = pytest.mark.serial
 
 CAREBRIDGE = [sys.executable, "-c", "from gateway.cli import main; main()"]
 SENDERS = 8

@@ -27,7 +27,7 @@ from gateway.inbound.smtp import SmtpPart
 from gateway.models import InboundMessage, Notification, Patient, Thread
 from gateway.outbound import notify
 from gateway.outbound.delivery import DeliveryPart
-from gateway.portal import patients, registration
+from gateway.portal import invitations, patients
 from gateway.services import Services
 from gateway.web.app import create_app
 from tests.reliability import canary, plant
@@ -215,7 +215,7 @@ async def test_mail_in_and_out_leaks_nothing(rservices: Services, world, with_co
                 await smtp.stop()
             nurse = await world.staff(rw.clinic, role="nurse")
             async with svc.transaction() as s:
-                await registration.invite(s, svc, patient=rw.patient, clinic=rw.clinic)
+                await invitations.invite(s, svc, patient=rw.patient, clinic=rw.clinic)
                 thread = await s.get(Thread, rw.thread.id)
                 await threads.post_staff_message(
                     s, svc, thread=thread, staff=nurse, body=canary.text(3, "answer")

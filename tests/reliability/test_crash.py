@@ -16,6 +16,9 @@ import pytest
 
 from tests.reliability.scenarios import CrashResult, run_crash
 
+# Timing-bound: scripts/test runs these alone, after the parallel part.
+pytestmark = pytest.mark.serial
+
 INBOUND = int(os.environ.get("CAREBRIDGE_CRASH_IN", "200"))
 OUTBOUND = int(os.environ.get("CAREBRIDGE_CRASH_OUT", "200"))
 KILLS = int(os.environ.get("CAREBRIDGE_CRASH_KILLS", "3"))

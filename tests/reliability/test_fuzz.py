@@ -46,6 +46,9 @@ from tests.reliability.sink import Sink
 from tests.reliability.stories import ReplyWorld, reply_world
 from tests.reliability.strategies import hostile_address, hostile_mail, hostile_text
 
+# Timing-bound: scripts/test runs these alone, after the parallel part.
+pytestmark = pytest.mark.serial
+
 EXAMPLES = int(os.environ.get("CAREBRIDGE_FUZZ_EXAMPLES", "100"))
 FUZZ = settings(
     max_examples=EXAMPLES,

@@ -15,9 +15,10 @@ import pytest
 from tests.reliability.scaleout import PG_ENV, ScaleResult, run_scaleout
 
 INBOUND = 200
-pytestmark = pytest.mark.skipif(
-    not os.environ.get(PG_ENV), reason=f"scale-out needs PostgreSQL ({PG_ENV})"
-)
+pytestmark = [
+    pytest.mark.serial,
+    pytest.mark.skipif(not os.environ.get(PG_ENV), reason=f"scale-out needs PostgreSQL ({PG_ENV})"),
+]
 
 
 @pytest.fixture(scope="module")

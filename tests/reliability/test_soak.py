@@ -15,6 +15,9 @@ import pytest
 
 from tests.reliability.scenarios import SoakResult, run_soak
 
+# Timing-bound: scripts/test runs these alone, after the parallel part.
+pytestmark = pytest.mark.serial
+
 SECONDS = float(os.environ.get("CAREBRIDGE_SOAK_SECONDS", "12"))
 RATE = float(os.environ.get("CAREBRIDGE_SOAK_RATE", "50"))
 
