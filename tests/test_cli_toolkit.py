@@ -105,10 +105,7 @@ def test_the_cli_modules_import_one_another_without_a_cycle() -> None:
     graph = {module_name(p): imports_of(p) & names for p in paths}
 
     def reaches(start: str, goal: str, seen: set[str]) -> bool:
-        for nxt in graph[start] - seen:
-            if nxt == goal or reaches(nxt, goal, seen | {nxt}):
-                return True
-        return False
+        return any(nxt == goal or reaches(nxt, goal, seen | {nxt}) for nxt in graph[start] - seen)
 
     assert [m for m in graph if reaches(m, m, set())] == []
 
