@@ -1,9 +1,13 @@
-"""``carebridge domain ...``: relay-domain onboarding from the command line.
+"""``carebridge clinic|domain|apikey ...``: the operator's administration from the command line.
 
-``add`` sets a clinic's domains and DKIM keys, ``dns`` prints what to publish (zone-file lines,
-or ``--json`` for tools), ``check`` looks it all up and exits 1 when anything is wrong,
-``rotate-dkim`` starts (or with ``--finish`` completes) a DKIM key rotation, ``keys`` lists
-the keys and their states.
+``clinic add|list`` creates clinics (with their default pools and routing rules) and lists them.
+
+``domain add`` sets a clinic's domains and DKIM keys, ``domain dns`` prints what to publish
+(zone-file lines, or ``--json`` for tools), ``domain check`` looks it all up and exits 1 when
+anything is wrong, ``domain rotate-dkim`` starts (or with ``--finish`` completes) a DKIM key
+rotation, ``domain keys`` lists the keys and their states.
+
+``apikey create|list|revoke`` manages the bearer keys of the integration REST API.
 """
 
 from __future__ import annotations
@@ -13,25 +17,79 @@ from typing import Annotated, Any
 
 import typer
 
-from gateway.admin import domains
-from gateway.admin.clinics import get_clinic
+from gateway.admin import apikeys, clinics, domains
+from gateway.clitools import JsonOpt, JsonTextOpt, emit, run_with_services
+from gateway.models import ApiKey, DkimKey
 from gateway.services import Services
 
-app = typer.Typer(help="Clinics' relay domains: DKIM keys and DNS records.", no_args_is_help=True)
+clinic_app = typer.Typer(name="clinic", help="Clinics.", no_args_is_help=True)
+domain_app = typer.Typer(
+    name="domain", help="Clinics' relay domains: DKIM keys and DNS records.", no_args_is_help=True
+)
+apikey_app = typer.Typer(
+    name="apikey", help="API keys for the integration REST API.", no_args_is_help=True
+)
+APPS = (clinic_app, domain_app, apikey_app)
 
 ClinicArg = Annotated[str, typer.Argument(help="Clinic slug, e.g. riverside.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
 
-def _run(ctx: typer.Context, fn: Any) -> Any:
-    # Imported here: gateway.cli imports this module to register the sub-app.
-    from gateway.cli import run_with_services
+# -- clinic --------------------------------------------------------------------------------
+@clinic_app.command("add")
+def clinic_add(
+    ctx: typer.Context,
+    slug: Annotated[str, typer.Argument(help="Short name, e.g. riverside.")],
+    name: Annotated[str, typer.Option(help="Display name used in emails.")],
+    org: Annotated[str, typer.Option(help="Organisation slug (created if new).")] = "default",
+    timezone: Annotated[str, typer.Option(help="IANA timezone.")] = "UTC",
+    reply_domain: Annotated[str, typer.Option(help="Domain patients reply to.")] = "",
+    sending_domain: Annotated[str, typer.Option(help="Domain emails are sent from.")] = "",
+) -> None:
+    """Add a clinic with its default pools and routing rules."""
 
-    return run_with_services(ctx, fn)
+    async def go(services: Services) -> str:
+        async with services.transaction() as s:
+            o = await clinics.get_or_create_org(s, org, org, "cli")
+            c = await clinics.add_clinic(
+                s,
+                org=o,
+                slug=slug,
+                name=name,
+                timezone=timezone,
+                reply_domain=reply_domain,
+                sending_domain=sending_domain,
+                actor="cli",
+            )
+            return c.id
+
+    typer.echo(f"clinic {slug} created ({run_with_services(ctx, go)})")
 
 
-@app.command("add")
-def add(
+@clinic_app.command("list")
+def clinic_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """List clinics."""
+
+    async def go(services: Services) -> list[dict[str, Any]]:
+        async with services.sessions() as s:
+            return [
+                {
+                    "slug": c.slug,
+                    "id": c.id,
+                    "name": c.name,
+                    "timezone": c.timezone,
+                    "reply_domain": c.reply_domain,
+                    "sending_domain": c.sending_domain,
+                    "enrolment_code": c.enrolment_code,
+                }
+                for c in await clinics.list_clinics(s)
+            ]
+
+    emit(run_with_services(ctx, go), ["slug", "name", "timezone", "reply_domain"], as_json)
+
+
+# -- domain --------------------------------------------------------------------------------
+@domain_app.command("add")
+def domain_add(
     ctx: typer.Context,
     clinic: ClinicArg,
     sending_domain: Annotated[str, typer.Option(help="Domain the emails come From.")],
@@ -41,7 +99,7 @@ def add(
 
     async def go(services: Services) -> domains.AddResult:
         async with services.transaction() as s:
-            c = await get_clinic(s, clinic)
+            c = await clinics.get_clinic(s, clinic)
             return await domains.add_domains(
                 s,
                 c,
@@ -51,7 +109,7 @@ def add(
                 actor="cli",
             )
 
-    result = _run(ctx, go)
+    result = run_with_services(ctx, go)
     c = result.clinic
     typer.echo(f"clinic {clinic}: sending domain {c.sending_domain}, reply domain {c.reply_domain}")
     for key in result.created_keys:
@@ -62,18 +120,18 @@ def add(
     )
 
 
-@app.command("dns")
-def dns(ctx: typer.Context, clinic: ClinicArg, as_json: JsonOpt = False) -> None:
+@domain_app.command("dns")
+def domain_dns(ctx: typer.Context, clinic: ClinicArg, as_json: JsonTextOpt = False) -> None:
     """Print every DNS record the clinic must publish."""
 
     async def go(services: Services) -> tuple[list[domains.DnsRecord], str]:
         async with services.sessions() as s:
-            c = await get_clinic(s, clinic)
+            c = await clinics.get_clinic(s, clinic)
             wanted = domains.records(services.config, c, await domains.clinic_keys(s, c))
         policy = domains.mta_sts_policy(services.config) if services.config.dns.mta_sts_mode else ""
         return wanted, policy
 
-    wanted, policy = _run(ctx, go)
+    wanted, policy = run_with_services(ctx, go)
     if as_json:
         typer.echo(json.dumps([r.to_json() for r in wanted], indent=2))
         return
@@ -91,14 +149,14 @@ def dns(ctx: typer.Context, clinic: ClinicArg, as_json: JsonOpt = False) -> None
             typer.echo(f";   {line}")
 
 
-@app.command("check")
-def check(ctx: typer.Context, clinic: ClinicArg, as_json: JsonOpt = False) -> None:
+@domain_app.command("check")
+def domain_check(ctx: typer.Context, clinic: ClinicArg, as_json: JsonTextOpt = False) -> None:
     """Look every record up; exit 1 naming each one that is missing or different."""
 
     async def go(services: Services) -> domains.CheckReport:
         return await domains.check_clinic(services, clinic, actor="cli")
 
-    report: domains.CheckReport = _run(ctx, go)
+    report: domains.CheckReport = run_with_services(ctx, go)
     if as_json:
         typer.echo(json.dumps(report.to_json(), indent=2))
     else:
@@ -115,8 +173,8 @@ def check(ctx: typer.Context, clinic: ClinicArg, as_json: JsonOpt = False) -> No
         raise typer.Exit(1)
 
 
-@app.command("rotate-dkim")
-def rotate_dkim(
+@domain_app.command("rotate-dkim")
+def domain_rotate_dkim(
     ctx: typer.Context,
     clinic: ClinicArg,
     finish: Annotated[
@@ -125,13 +183,13 @@ def rotate_dkim(
 ) -> None:
     """Start a DKIM rotation: new keys are pending until 'domain check' sees them in DNS."""
 
-    async def go(services: Services) -> list[Any]:
+    async def go(services: Services) -> list[DkimKey]:
         async with services.transaction() as s:
-            c = await get_clinic(s, clinic)
+            c = await clinics.get_clinic(s, clinic)
             fn = domains.finish_rotation if finish else domains.rotate_dkim
             return await fn(s, c, now=services.clock.now(), actor="cli")
 
-    keys = _run(ctx, go)
+    keys = run_with_services(ctx, go)
     if finish:
         if not keys:
             typer.echo("no replaced keys to retire")
@@ -147,14 +205,13 @@ def rotate_dkim(
         )
 
 
-@app.command("keys")
-def list_keys(ctx: typer.Context, clinic: ClinicArg, as_json: JsonOpt = False) -> None:
+@domain_app.command("keys")
+def domain_keys(ctx: typer.Context, clinic: ClinicArg, as_json: JsonTextOpt = False) -> None:
     """List the clinic's DKIM keys and their states."""
-    from gateway.cli import emit
 
     async def go(services: Services) -> list[dict[str, Any]]:
         async with services.sessions() as s:
-            c = await get_clinic(s, clinic)
+            c = await clinics.get_clinic(s, clinic)
             return [
                 {
                     "selector": k.selector,
@@ -168,4 +225,80 @@ def list_keys(ctx: typer.Context, clinic: ClinicArg, as_json: JsonOpt = False) -
                 for k in await domains.clinic_keys(s, c)
             ]
 
-    emit(_run(ctx, go), ["selector", "algorithm", "state", "domain", "created_at"], as_json)
+    emit(
+        run_with_services(ctx, go),
+        ["selector", "algorithm", "state", "domain", "created_at"],
+        as_json,
+    )
+
+
+# -- apikey --------------------------------------------------------------------------------
+def _apikey_row(key: ApiKey) -> dict[str, Any]:
+    return {
+        "id": key.id,
+        "name": key.name,
+        "role": key.role,
+        "prefix": key.prefix,
+        "org_id": key.org_id or "",
+        "created_at": key.created_at.isoformat(timespec="seconds"),
+        "last_used_at": key.last_used_at.isoformat(timespec="seconds") if key.last_used_at else "",
+        "revoked": key.revoked_at is not None,
+    }
+
+
+@apikey_app.command("create")
+def apikey_create(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="What the key is for, e.g. lab-system.")],
+    role: Annotated[str, typer.Option(help="integration or admin.")] = "integration",
+    org: Annotated[str | None, typer.Option(help="Limit the key to one organisation.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Create a key and print it once; only its hash is kept."""
+
+    async def go(services: Services) -> apikeys.CreatedKey:
+        async with services.transaction() as session:
+            return await apikeys.create(
+                session, name=name, role=role, org_slug=org, now=services.clock.now(), actor="cli"
+            )
+
+    created = run_with_services(ctx, go)
+    if as_json:
+        emit([{**_apikey_row(created.row), "key": created.value}], [], True)
+        return
+    typer.echo(created.value)
+    typer.echo(
+        f"API key {created.row.prefix} ({created.row.role}) created; store it now, "
+        "it cannot be shown again",
+        err=True,
+    )
+
+
+@apikey_app.command("list")
+def apikey_list(
+    ctx: typer.Context,
+    as_json: JsonOpt = False,
+) -> None:
+    """List keys (never their values)."""
+
+    async def go(services: Services) -> list[dict[str, Any]]:
+        async with services.sessions() as session:
+            return [_apikey_row(k) for k in await apikeys.list_keys(session)]
+
+    rows = run_with_services(ctx, go)
+    emit(rows, ["id", "name", "role", "prefix", "last_used_at", "revoked"], as_json)
+
+
+@apikey_app.command("revoke")
+def apikey_revoke(
+    ctx: typer.Context,
+    key: Annotated[str, typer.Argument(help="The key's id or prefix.")],
+) -> None:
+    """Revoke a key at once; requests with it get 401."""
+
+    async def go(services: Services) -> ApiKey:
+        async with services.transaction() as session:
+            return await apikeys.revoke(session, key, now=services.clock.now(), actor="cli")
+
+    row = run_with_services(ctx, go)
+    typer.echo(f"API key {row.prefix} revoked")

@@ -1,35 +1,113 @@
-"""``carebridge routing ...`` and ``carebridge pool ...``: a clinic's pools and routing rules.
+"""``carebridge staff|routing|pool|calendar ...``: a clinic's care team from the command line.
 
-The same operations as the workspace's set-up page (:mod:`gateway.careteam.pools`), for scripts and
-for operators; every change is audited with the actor ``cli``.
+``staff add|list`` manages staff accounts; ``routing`` and ``pool`` are a clinic's pools and
+routing rules, the same operations as the workspace's set-up page (:mod:`gateway.careteam.pools`),
+for scripts and for operators; ``calendar`` is the opening hours and holidays the reply deadlines
+count. Every change is audited with the actor ``cli``.
 """
 
 from __future__ import annotations
 
+import json
+import secrets
+import sys
 from typing import Annotated, Any
 
 import typer
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from gateway import audit
 from gateway.admin import clinics
-from gateway.careteam import pools
+from gateway.careteam import pools, sla, staff
+from gateway.clitools import ClinicFilterOpt, ClinicOpt, JsonOpt, emit, run_with_services
 from gateway.errors import UsageError
 from gateway.services import Services
 
+staff_app = typer.Typer(name="staff", help="Staff accounts.", no_args_is_help=True)
 routing_app = typer.Typer(
-    help="Routing rules: which pool each request type goes to.", no_args_is_help=True
+    name="routing",
+    help="Routing rules: which pool each request type goes to.",
+    no_args_is_help=True,
 )
-pool_app = typer.Typer(help="Pools of a clinic and their members.", no_args_is_help=True)
+pool_app = typer.Typer(
+    name="pool", help="Pools of a clinic and their members.", no_args_is_help=True
+)
+calendar_app = typer.Typer(
+    name="calendar",
+    help="A clinic's opening hours and holidays (reply deadlines count only open time).",
+    no_args_is_help=True,
+)
+APPS = (staff_app, routing_app, pool_app, calendar_app)
 
-ClinicOpt = Annotated[str, typer.Option("--clinic", help="The clinic's slug.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+# -- staff ---------------------------------------------------------------------------------
+@staff_app.command("add")
+def staff_add(
+    ctx: typer.Context,
+    email: Annotated[str, typer.Option(help="Work email address.")],
+    name: Annotated[str, typer.Option(help="Full name.")],
+    role: Annotated[
+        str, typer.Option(help="provider, nurse, front_desk, clinic_admin or operator.")
+    ],
+    clinic: Annotated[
+        str | None, typer.Option(help="Clinic slug (not needed for operators).")
+    ] = None,
+    password_stdin: Annotated[bool, typer.Option(help="Read the password from stdin.")] = False,
+) -> None:
+    """Add a staff account. Without --password-stdin a one-time password is printed."""
+    password = sys.stdin.readline().rstrip("\n") if password_stdin else secrets.token_urlsafe(12)
+    if password_stdin and len(password) < 12:
+        raise UsageError("password from stdin must be at least 12 characters")
+
+    async def go(services: Services) -> str:
+        async with services.transaction() as s:
+            c = await clinics.get_clinic(s, clinic) if clinic else None
+            m = await staff.add_staff(
+                s,
+                services.keyring,
+                clinic=c,
+                name=name,
+                email=email,
+                role=role,
+                password=password,
+                actor="cli",
+            )
+            return m.id
+
+    sid = run_with_services(ctx, go)
+    typer.echo(f"staff {sid} created")
+    if not password_stdin:
+        typer.echo(f"one-time password: {password}")
 
 
-def _run(ctx: typer.Context, fn: Any) -> Any:
-    from gateway.cli import run_with_services
+@staff_app.command("list")
+def staff_list(
+    ctx: typer.Context,
+    clinic: ClinicFilterOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List staff accounts (ids and roles; names with --json only)."""
 
-    return run_with_services(ctx, fn)
+    async def go(services: Services) -> list[dict[str, Any]]:
+        async with services.transaction() as s:
+            c = await clinics.get_clinic(s, clinic) if clinic else None
+            rows = await staff.list_staff(s, c)
+            await audit.record(s, "cli", "staff.list", "clinic", c.id if c else "")
+            return [
+                {
+                    "id": m.id,
+                    "name": m.name,
+                    "role": m.role,
+                    "clinic_id": m.clinic_id,
+                    "active": m.active,
+                }
+                for m in rows
+            ]
+
+    emit(run_with_services(ctx, go), ["id", "name", "role", "clinic_id", "active"], as_json)
 
 
+# -- routing and pools ---------------------------------------------------------------------
 async def _rule_rows(services: Services, slug: str) -> list[dict[str, Any]]:
     async with services.sessions() as s:
         clinic = await clinics.get_clinic(s, slug)
@@ -48,13 +126,11 @@ async def _rule_rows(services: Services, slug: str) -> list[dict[str, Any]]:
 @routing_app.command("list")
 def routing_list(ctx: typer.Context, clinic: ClinicOpt, as_json: JsonOpt = False) -> None:
     """Show the rules in the order they are applied."""
-    from gateway.cli import emit
-
-    rows = _run(ctx, lambda services: _rule_rows(services, clinic))
+    rows = run_with_services(ctx, lambda services: _rule_rows(services, clinic))
     emit(rows, ["position", "request_type", "pool", "sla_hours", "id"], as_json)
 
 
-async def _pool_id(s: Any, clinic_id: str, slug: str) -> str:
+async def _pool_id(s: AsyncSession, clinic_id: str, slug: str) -> str:
     for p in await pools.pools_of(s, clinic_id):
         if p.slug == slug:
             return p.id
@@ -83,7 +159,7 @@ def routing_add(
                 actor="cli",
             )
 
-    _run(ctx, go)
+    run_with_services(ctx, go)
     typer.echo("rule added")
 
 
@@ -103,7 +179,7 @@ def routing_move(
                 s, clinic_id=c.id, rule_id=rule_id, offset=-1 if up else 1, actor="cli"
             )
 
-    _run(ctx, go)
+    run_with_services(ctx, go)
     typer.echo("rule moved")
 
 
@@ -120,14 +196,13 @@ def routing_remove(
             c = await clinics.get_clinic(s, clinic)
             await pools.remove_rule(s, clinic_id=c.id, rule_id=rule_id, actor="cli")
 
-    _run(ctx, go)
+    run_with_services(ctx, go)
     typer.echo("rule removed")
 
 
 @pool_app.command("list")
 def pool_list(ctx: typer.Context, clinic: ClinicOpt, as_json: JsonOpt = False) -> None:
     """List a clinic's pools with their member and open-thread counts."""
-    from gateway.cli import emit
 
     async def go(services: Services) -> list[dict[str, Any]]:
         async with services.sessions() as s:
@@ -143,7 +218,7 @@ def pool_list(ctx: typer.Context, clinic: ClinicOpt, as_json: JsonOpt = False) -
                 for p in await pools.pools_of(s, c.id)
             ]
 
-    emit(_run(ctx, go), ["slug", "name", "members", "open", "id"], as_json)
+    emit(run_with_services(ctx, go), ["slug", "name", "members", "open", "id"], as_json)
 
 
 @pool_app.command("add")
@@ -160,7 +235,7 @@ def pool_add(
             c = await clinics.get_clinic(s, clinic)
             await pools.add_pool(s, clinic_id=c.id, slug=slug, name=name, actor="cli")
 
-    _run(ctx, go)
+    run_with_services(ctx, go)
     typer.echo(f"pool {slug} added")
 
 
@@ -182,22 +257,16 @@ def pool_add_member(
             if supervisor:
                 await pools.set_supervisor(s, pool=p, staff_id=staff_id, actor="cli")
 
-    _run(ctx, go)
+    run_with_services(ctx, go)
     typer.echo("member added")
 
 
-calendar_app = typer.Typer(
-    help="A clinic's opening hours and holidays (reply deadlines count only open time).",
-    no_args_is_help=True,
-)
+# -- calendar ------------------------------------------------------------------------------
 
 
 @calendar_app.command("show")
 def calendar_show(ctx: typer.Context, clinic: ClinicOpt, as_json: JsonOpt = False) -> None:
     """Show the timezone, opening hours per day and the holidays."""
-    import json
-
-    from gateway.careteam import sla
 
     async def go(services: Services) -> dict[str, Any]:
         async with services.sessions() as s:
@@ -210,7 +279,7 @@ def calendar_show(ctx: typer.Context, clinic: ClinicOpt, as_json: JsonOpt = Fals
                 "staff_email_replies": c.staff_email_replies,
             }
 
-    doc = _run(ctx, go)
+    doc = run_with_services(ctx, go)
     if as_json:
         typer.echo(json.dumps(doc, indent=2))
         return
@@ -239,7 +308,6 @@ def calendar_set(
     ] = None,
 ) -> None:
     """Change the calendar; days not named in --hours keep their hours."""
-    from gateway.careteam import sla
 
     async def go(services: Services) -> None:
         async with services.transaction() as s:
@@ -267,5 +335,5 @@ def calendar_set(
                 actor="cli",
             )
 
-    _run(ctx, go)
+    run_with_services(ctx, go)
     typer.echo("calendar updated")

@@ -8,33 +8,26 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 
+from gateway.clitools import JsonOpt, emit, run_with_services
 from gateway.inbound import quarantine
 from gateway.inbound.intake import Intake, state_of
 from gateway.services import Services
 
-T = TypeVar("T")
+quarantine_app = typer.Typer(
+    name="quarantine", help="Quarantined inbound mail.", no_args_is_help=True
+)
+APPS = (quarantine_app,)
 
-app = typer.Typer(help="Quarantined inbound mail.", no_args_is_help=True)
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 ItemArg = Annotated[str, typer.Argument(help="The quarantine item's id (see 'list').")]
 COLUMNS = ["id", "reason", "created_at", "route", "source", "state"]
 ACTOR = "cli"
 
 
-def _run(ctx: typer.Context, fn: Callable[[Services], Awaitable[T]]) -> T:
-    # Imported here: gateway.cli imports this module to register the sub-app.
-    from gateway.cli import run_with_services
-
-    return run_with_services(ctx, fn)
-
-
-@app.command("list")
+@quarantine_app.command("list")
 def list_(
     ctx: typer.Context,
     state: Annotated[str, typer.Option(help="held, released, discarded or all.")] = "held",
@@ -42,17 +35,16 @@ def list_(
     as_json: JsonOpt = False,
 ) -> None:
     """List quarantined messages (oldest first)."""
-    from gateway.cli import emit
 
     async def go(services: Services) -> list[dict[str, Any]]:
         async with services.sessions() as session:
             rows = await quarantine.list_items(session, state, limit)
             return [quarantine.summary(item, inbound) for item, inbound in rows]
 
-    emit(_run(ctx, go), COLUMNS, as_json)
+    emit(run_with_services(ctx, go), COLUMNS, as_json)
 
 
-@app.command("show")
+@quarantine_app.command("show")
 def show(
     ctx: typer.Context,
     item: ItemArg,
@@ -68,7 +60,7 @@ def show(
         content = await quarantine.read_raw(services, item, ACTOR) if raw else None
         return info, content
 
-    info, content = _run(ctx, go)
+    info, content = run_with_services(ctx, go)
     if as_json:
         if content is not None:
             info["raw"] = content.decode("utf-8", "replace")
@@ -82,7 +74,7 @@ def show(
         typer.echo(f"{key:12} {value}")
 
 
-@app.command("release")
+@quarantine_app.command("release")
 def release(ctx: typer.Context, item: ItemArg, as_json: JsonOpt = False) -> None:
     """Re-run the intake path on a held message (it may be quarantined again)."""
 
@@ -93,7 +85,7 @@ def release(ctx: typer.Context, item: ItemArg, as_json: JsonOpt = False) -> None
         finally:
             await intake.close()
 
-    result = _run(ctx, go)
+    result = run_with_services(ctx, go)
     outcome = result.outcome
     state = state_of(outcome) if outcome is not None else "unchanged"
     reason = getattr(outcome, "reason", "")
@@ -115,12 +107,12 @@ def release(ctx: typer.Context, item: ItemArg, as_json: JsonOpt = False) -> None
         typer.echo(f"released {result.item_id}; outcome: {state}")
 
 
-@app.command("discard")
+@quarantine_app.command("discard")
 def discard(ctx: typer.Context, item: ItemArg) -> None:
     """Erase a held message (the item stays, for the record)."""
 
     async def go(services: Services) -> None:
         await quarantine.discard(services, item, ACTOR)
 
-    _run(ctx, go)
+    run_with_services(ctx, go)
     typer.echo(f"discarded {item}")

@@ -7,36 +7,21 @@ address (it is PHI). ``retry`` and ``purge`` are audited.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 
 from gateway import audit
+from gateway.clitools import JsonOpt, emit, run_with_services
 from gateway.models import Notification
 from gateway.outbound import queue
 from gateway.services import Services
 
-T = TypeVar("T")
+queue_app = typer.Typer(name="queue", help="The outbound notification queue.", no_args_is_help=True)
+APPS = (queue_app,)
 
-app = typer.Typer(help="The outbound notification queue.", no_args_is_help=True)
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 COLUMNS = ["id", "kind", "state", "attempts", "next_attempt_at", "last_error"]
-
-
-def _run(ctx: typer.Context, fn: Callable[[Services], Awaitable[T]]) -> T:
-    # Imported here: gateway.cli imports this module to register the sub-app.
-    from gateway.cli import run_with_services
-
-    return run_with_services(ctx, fn)
-
-
-def _emit(rows: list[dict[str, Any]], columns: list[str], as_json: bool) -> None:
-    from gateway.cli import emit
-
-    emit(rows, columns, as_json)
 
 
 def describe(row: Notification, *, full: bool = False) -> dict[str, Any]:
@@ -68,7 +53,7 @@ def describe(row: Notification, *, full: bool = False) -> dict[str, Any]:
     return out
 
 
-@app.command("status")
+@queue_app.command("status")
 def status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Rows per state and the age of the oldest pending one."""
 
@@ -76,7 +61,7 @@ def status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         async with services.sessions() as s:
             return await queue.status(s, services.clock.now())
 
-    result = _run(ctx, go)
+    result = run_with_services(ctx, go)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
@@ -85,7 +70,7 @@ def status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     typer.echo(f"oldest pending: {result['oldest_pending_seconds']} s")
 
 
-@app.command("list")
+@queue_app.command("list")
 def list_(
     ctx: typer.Context,
     state: Annotated[str | None, typer.Option(help="Only rows in this state.")] = None,
@@ -98,10 +83,10 @@ def list_(
         async with services.sessions() as s:
             return [describe(r) for r in await queue.list_rows(s, state=state, limit=limit)]
 
-    _emit(_run(ctx, go), COLUMNS, as_json)
+    emit(run_with_services(ctx, go), COLUMNS, as_json)
 
 
-@app.command("show")
+@queue_app.command("show")
 def show(
     ctx: typer.Context,
     notification_id: Annotated[str, typer.Argument(help="Notification id.")],
@@ -113,7 +98,7 @@ def show(
         async with services.sessions() as s:
             return describe(await queue.get(s, notification_id), full=True)
 
-    row = _run(ctx, go)
+    row = run_with_services(ctx, go)
     if as_json:
         typer.echo(json.dumps(row, indent=2, default=str))
         return
@@ -121,7 +106,7 @@ def show(
         typer.echo(f"{key:<22} {value}")
 
 
-@app.command("retry")
+@queue_app.command("retry")
 def retry(
     ctx: typer.Context,
     ids: Annotated[list[str] | None, typer.Argument(help="Notification ids.")] = None,
@@ -151,10 +136,10 @@ def retry(
             )
             return n
 
-    typer.echo(f"{_run(ctx, go)} notification(s) queued again")
+    typer.echo(f"{run_with_services(ctx, go)} notification(s) queued again")
 
 
-@app.command("purge")
+@queue_app.command("purge")
 def purge(
     ctx: typer.Context,
     older_than_days: Annotated[int, typer.Option(min=0, help="Only rows older than this.")] = 30,
@@ -185,4 +170,4 @@ def purge(
             )
             return n
 
-    typer.echo(f"{_run(ctx, go)} notification(s) purged")
+    typer.echo(f"{run_with_services(ctx, go)} notification(s) purged")
