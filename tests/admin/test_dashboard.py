@@ -21,15 +21,9 @@ from gateway.models import AuditEvent, Clinic, Patient, Thread
 from gateway.outbound import notify
 from gateway.outbound.notify import Kind, Notice
 from gateway.services import Services
-from tests.admin.conftest import Cli, post_page, sign_in
-from tests.conftest import (
-    CANARY_EMAIL,
-    CANARY_FAMILY,
-    CANARY_GIVEN,
-    CANARY_TEXT,
-    FakeClock,
-    World,
-)
+from tests.admin.helpers import Cli, post_page, sign_in
+from tests.support.canaries import CANARY_EMAIL, CANARY_FAMILY, CANARY_GIVEN, CANARY_TEXT
+from tests.support.world import FakeClock, World
 
 CANARIES = (CANARY_EMAIL, CANARY_GIVEN, CANARY_FAMILY, CANARY_TEXT, "canary-zq7")
 
