@@ -1,5 +1,5 @@
 """Shared fixtures: a real store (SQLite file, and PostgreSQL when configured), real keys,
-a controllable clock, and factories for clinics, staff and patients.
+a controllable clock, and factories for clinics, staff, patients and threads.
 
 Tests that take ``services`` run once per backend: SQLite always, PostgreSQL when
 ``CAREBRIDGE_TEST_PG_URL`` is set (``.ci/run`` always sets it). Each PostgreSQL test gets a
@@ -13,45 +13,24 @@ import dataclasses
 import os
 import secrets
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gateway import db
-from gateway.admin import clinics
-from gateway.careteam import staff
 from gateway.config import Config, parse_config
 from gateway.crypto import KeyRing, write_keyring
-from gateway.models import Clinic, Patient, Staff
-from gateway.portal import patients
 from gateway.services import Services, open_services
+from tests.support.canaries import CANARY_EMAIL, CANARY_FAMILY, CANARY_GIVEN, CANARY_TEXT
 from tests.support.net import reserve_port
+from tests.support.world import FakeClock, World
+
+# Test modules import these from tests.support; the names stay here for those that still
+# import them from this conftest.
+__all__ = ["CANARY_EMAIL", "CANARY_FAMILY", "CANARY_GIVEN", "CANARY_TEXT", "FakeClock", "World"]
 
 PG_ENV = "CAREBRIDGE_TEST_PG_URL"
-
-# PHI canaries: planted in PHI fields by tests that check nothing leaks.
-CANARY_GIVEN = "Zebulon"
-CANARY_FAMILY = "Canaryfield"
-CANARY_EMAIL = "canary-zq7@example.org"
-CANARY_TEXT = "CANARY-PHI-7f3a chest results"
-
-
-class FakeClock:
-    """A clock tests move by hand (SLA, expiry, backoff)."""
-
-    def __init__(self, start: datetime | None = None) -> None:
-        self.current = start or datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
-
-    def now(self) -> datetime:
-        return self.current
-
-    def advance(self, **kwargs: float) -> None:
-        self.current += timedelta(**kwargs)
-
-    def set(self, when: datetime) -> None:
-        self.current = when
 
 
 def pg_url() -> str | None:
@@ -155,44 +134,6 @@ def with_config() -> Callable[..., Services]:
         return dataclasses.replace(svc, config=cfg)
 
     return make
-
-
-@dataclasses.dataclass
-class World:
-    """Factories for the people and places a story needs."""
-
-    services: Services
-
-    async def clinic(self, slug: str | None = None, **kw: Any) -> Clinic:
-        slug = slug or f"clinic-{secrets.token_hex(3)}"
-        kw.setdefault("name", "Riverside Family Clinic")
-        kw.setdefault("reply_domain", f"reply.{slug}.example")
-        kw.setdefault("sending_domain", f"{slug}.example")
-        kw.setdefault("timezone", "America/Chicago")
-        async with self.services.transaction() as s:
-            org = await clinics.get_or_create_org(s, kw.pop("org", "test-org"), "Test Org", "test")
-            return await clinics.add_clinic(s, org=org, slug=slug, actor="test", **kw)
-
-    async def staff(self, clinic: Clinic | None, role: str = "nurse", **kw: Any) -> Staff:
-        kw.setdefault("name", "Nurse Jackie")
-        kw.setdefault("email", f"staff-{secrets.token_hex(3)}@clinic.example")
-        kw.setdefault("password", "correct horse battery staple 42")
-        async with self.services.transaction() as s:
-            return await staff.add_staff(
-                s, self.services.keyring, clinic=clinic, role=role, actor="test", **kw
-            )
-
-    async def patient(self, clinic: Clinic, **kw: Any) -> Patient:
-        kw.setdefault("given_name", "Pat")
-        kw.setdefault("family_name", "Example")
-        kw.setdefault("date_of_birth", date(1980, 4, 23))
-        kw.setdefault("email", f"pat-{secrets.token_hex(3)}@example.org")
-        kw.setdefault("source", "desk")
-        async with self.services.transaction() as s:
-            result = await patients.enroll(
-                s, self.services.keyring, clinic=clinic, actor="test", **kw
-            )
-            return result.patient
 
 
 @pytest.fixture

@@ -224,31 +224,6 @@ def judge(record: DnsRecord, found: list[str]) -> CheckResult:
 
 
 # -- looking records up --------------------------------------------------------------------
-def build_resolver(config: Config) -> Any:
-    """A dnspython async resolver on ``[dns] nameservers`` ("ip" or "ip:port"), no cache."""
-    import dns.asyncresolver
-    import dns.nameserver
-
-    if not config.dns.nameservers:
-        resolver = dns.asyncresolver.Resolver(configure=True)
-    else:
-        resolver = dns.asyncresolver.Resolver(configure=False)
-        servers: list[dns.nameserver.Nameserver] = []
-        for entry in config.dns.nameservers:
-            host, port = entry, 53
-            if entry.startswith("["):  # [v6]:port
-                host, _, rest = entry[1:].partition("]")
-                port = int(rest.lstrip(":") or 53)
-            elif entry.count(":") == 1:
-                host, _, p = entry.partition(":")
-                port = int(p)
-            servers.append(dns.nameserver.Do53Nameserver(host, port))
-        resolver.nameservers = servers
-    resolver.lifetime = config.dns.timeout_seconds
-    resolver.timeout = config.dns.timeout_seconds
-    return resolver
-
-
 async def lookup(resolver: Any, name: str, rdtype: str) -> list[str]:
     """The record's values as text (TXT strings joined, MX as "PRIORITY EXCHANGE")."""
     import dns.resolver
@@ -270,7 +245,9 @@ async def check_records(config: Config, wanted: Sequence[DnsRecord]) -> list[Che
 
     import dns.exception
 
-    resolver = build_resolver(config)
+    from gateway.dns import async_resolver
+
+    resolver = async_resolver(config.dns)
 
     async def one(record: DnsRecord) -> CheckResult:
         try:

@@ -1,5 +1,7 @@
 """DNS for the authentication gate: every lookup goes to ``[dns] nameservers``.
 
+The resolver is built by gateway/dns.py; this module adapts it to the two libraries.
+
 dkimpy takes a ``dnsfunc``; pyspf reads a module-level ``DNSLookup``, so that one is replaced,
 once, by a dispatcher that uses the resolver carried in a context variable (set by the caller
 for the duration of one check) and falls back to pyspf's own lookup otherwise.
@@ -17,28 +19,12 @@ import dns.resolver
 import spf
 
 from gateway.config import DnsConfig
+from gateway.dns import blocking_resolver
 
 
 def make_resolver(cfg: DnsConfig) -> dns.resolver.Resolver:
-    """A resolver on the configured nameservers ("ip" or "ip:port"), or the system's."""
-    if not cfg.nameservers:
-        res = dns.resolver.Resolver()
-    else:
-        res = dns.resolver.Resolver(configure=False)
-        hosts: list[str] = []
-        port = 53
-        for ns in cfg.nameservers:
-            host, sep, p = ns.rpartition(":") if ns.count(":") == 1 else ("", "", "")
-            if sep:
-                hosts.append(host)
-                port = int(p)
-            else:
-                hosts.append(ns)
-        res.nameservers = hosts
-        res.port = port
-    res.lifetime = cfg.timeout_seconds
-    res.timeout = cfg.timeout_seconds
-    return res
+    """The blocking resolver on ``[dns] nameservers`` (see gateway/dns.py for the rules)."""
+    return blocking_resolver(cfg)
 
 
 class DnsTempError(Exception):

@@ -36,7 +36,7 @@ from gateway.models import Clinic, DkimKey, Notification, Patient, Pool, Staff
 from gateway.outbound import dkim, headers, links, queue
 from gateway.outbound.notify import OPTIONAL_KINDS, PATIENT_KINDS, Kind, Notice
 from gateway.outbound.render import EmailContext, Renderer, brand_color, format_when
-from gateway.outbound.transport import DeliveryError, Envelope, Transport, build_transport
+from gateway.outbound.transport import DeliveryError, OutboundEnvelope, Transport, build_transport
 from gateway.services import Services
 
 log = logging.getLogger("carebridge.delivery")
@@ -360,7 +360,7 @@ class DeliveryPart:
         limit = self._limits.setdefault(
             job.domain_key, asyncio.Semaphore(max(1, self.cfg.per_domain_concurrency))
         )
-        envelope = Envelope(
+        envelope = OutboundEnvelope(
             mail_from=job.addressing.mail_from,
             recipient=job.recipient,
             data=data,

@@ -7,14 +7,11 @@ DKIM-Signature headers, OpenSSL (through ``cryptography``) does the RSA operatio
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import dkim
-import dns.exception
-import dns.resolver
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, utils
 from dkim import RE_BTAG, HashThrough, fold, hash_headers
@@ -262,31 +259,3 @@ class KeyCache:
             key = SigningKey.load(row.domain, row.selector, row.algorithm, row.private_key)
             self._keys[row.id] = key
         return key
-
-
-def txt_lookup(nameservers: tuple[str, ...], timeout: float = 5.0) -> Callable[..., bytes | None]:
-    """A dkimpy ``dnsfunc`` that asks ``[dns] nameservers`` ("ip" or "ip:port") via dnspython.
-
-    dkimpy's default goes to the system resolver; verification must use the configured one.
-    """
-    resolver = dns.resolver.Resolver(configure=not nameservers)
-    if nameservers:
-        hosts, ports = [], set()
-        for ns in nameservers:
-            host, sep, port = ns.rpartition(":") if ns.count(":") == 1 else ("", "", "")
-            hosts.append(host if sep else ns)
-            ports.add(int(port) if sep else 53)
-        resolver.nameservers = hosts
-        resolver.port = ports.pop() if len(ports) == 1 else 53
-    resolver.lifetime = timeout
-
-    def lookup(name: bytes, timeout: float = timeout) -> bytes | None:
-        try:
-            answer = resolver.resolve(name.decode("ascii").rstrip("."), "TXT")
-        except dns.exception.DNSException:
-            return None
-        for rdata in answer:
-            return b"".join(rdata.strings)
-        return None
-
-    return lookup

@@ -27,6 +27,7 @@ import dns.exception
 import dns.resolver
 
 from gateway.config import Config
+from gateway.dns import async_resolver
 from gateway.errors import CarebridgeError
 
 log = logging.getLogger("carebridge.delivery")
@@ -43,7 +44,9 @@ class DeliveryError(CarebridgeError):
 
 
 @dataclass(frozen=True)
-class Envelope:
+class OutboundEnvelope:
+    """One message for one recipient, as the next hop is to receive it."""
+
     mail_from: str
     recipient: str
     data: bytes
@@ -57,7 +60,7 @@ class Envelope:
 
 
 class Transport(Protocol):
-    async def send(self, envelope: Envelope) -> None: ...
+    async def send(self, envelope: OutboundEnvelope) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -69,10 +72,10 @@ class MaildirTransport:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
 
-    async def send(self, envelope: Envelope) -> None:
+    async def send(self, envelope: OutboundEnvelope) -> None:
         await asyncio.to_thread(self._write, envelope)
 
-    def _write(self, envelope: Envelope) -> None:
+    def _write(self, envelope: OutboundEnvelope) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         name = envelope.ident or os.urandom(8).hex()
         final = self.directory / f"{name}.eml"
@@ -130,7 +133,7 @@ class SmtpTransport:
         self._opportunistic = ssl.create_default_context()
         self._opportunistic.check_hostname = False
         self._opportunistic.verify_mode = ssl.CERT_NONE
-        self._resolver = _resolver(config)
+        self._resolver = async_resolver(config.dns)
 
     async def targets(self, domain: str) -> list[tuple[str, int, str]]:
         """(address to connect to, port, name the certificate must carry), best first."""
@@ -145,7 +148,7 @@ class SmtpTransport:
             out += [(ip, port, mx) for ip in await addresses(self._resolver, mx)]
         return out
 
-    async def send(self, envelope: Envelope) -> None:
+    async def send(self, envelope: OutboundEnvelope) -> None:
         domain = envelope.recipient.rpartition("@")[2]
         hosts = await self.targets(domain)
         last: DeliveryError | None = None
@@ -160,7 +163,9 @@ class SmtpTransport:
                 last = exc
         raise last or DeliveryError("no host to deliver to", permanent=False)
 
-    async def _send_via(self, host: str, port: int, tls_name: str, envelope: Envelope) -> None:
+    async def _send_via(
+        self, host: str, port: int, tls_name: str, envelope: OutboundEnvelope
+    ) -> None:
         verify = envelope.tls_required
         conn = await self._checkout(host, port, tls_name, verify)
         if envelope.tls_required and not conn.tls:
@@ -183,7 +188,7 @@ class SmtpTransport:
         if client.supports_extension("size"):
             options = [f"SIZE={len(envelope.data)}", *options]
         try:
-            # sendmail's steps, with a pause before DATA for the caller (Envelope.before_data).
+            # sendmail's steps, with a pause before DATA for the caller (``before_data``).
             await client.mail(envelope.mail_from, options=options, encoding=encoding)
             await client.rcpt(envelope.recipient, encoding=encoding)
             if envelope.before_data is not None:
@@ -242,22 +247,6 @@ async def _quit(client: aiosmtplib.SMTP) -> None:
 
 
 # -- MX lookup -------------------------------------------------------------------------------
-def _resolver(config: Config) -> dns.asyncresolver.Resolver:
-    if not config.dns.nameservers:
-        resolver = dns.asyncresolver.Resolver()
-    else:
-        resolver = dns.asyncresolver.Resolver(configure=False)
-        ips, ports = [], set()
-        for ns in config.dns.nameservers:
-            host, sep, port = ns.rpartition(":") if ns.count(":") == 1 else ("", "", "")
-            ips.append(host if sep else ns)
-            ports.add(int(port) if sep else 53)
-        resolver.nameservers = ips
-        resolver.port = ports.pop() if len(ports) == 1 else 53
-    resolver.lifetime = config.dns.timeout_seconds
-    return resolver
-
-
 async def mx_hosts(resolver: dns.asyncresolver.Resolver, domain: str) -> Sequence[str]:
     """MX hosts by preference; the domain itself when it has none (RFC 5321 5.1)."""
     try:

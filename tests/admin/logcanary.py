@@ -25,7 +25,7 @@ from typing import IO, Any
 import pytest
 
 from gateway.logs import JsonFormatter
-from tests.conftest import CANARY_EMAIL, CANARY_FAMILY, CANARY_GIVEN, CANARY_TEXT
+from tests.support.canaries import CANARY_EMAIL, CANARY_FAMILY, CANARY_GIVEN, CANARY_TEXT
 
 TEXT_FORMAT = "%(levelname)s %(name)s: %(message)s"
 

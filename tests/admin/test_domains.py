@@ -16,9 +16,9 @@ from gateway.errors import UsageError
 from gateway.models import DkimKey
 from gateway.outbound import dkim
 from gateway.services import Services
-from tests.admin.conftest import Cli, sign_in
 from tests.admin.dnsserver import Zone
-from tests.conftest import FakeClock, World
+from tests.admin.helpers import Cli, sign_in
+from tests.support.world import FakeClock, World
 
 
 def _by_kind(records: list[dict[str, object]]) -> dict[str, list[dict[str, object]]]:

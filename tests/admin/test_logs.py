@@ -18,11 +18,11 @@ from gateway.logs import setup_logging
 from gateway.outbound import notify
 from gateway.outbound.notify import Kind, Notice
 from gateway.services import Services
-from tests.admin.conftest import Cli, post_page, sign_in
 from tests.admin.dnsserver import Zone
+from tests.admin.helpers import Cli, held_in_quarantine, post_page, sign_in
 from tests.admin.logcanary import capture, hits
-from tests.admin.test_quarantine_web import _held
-from tests.conftest import CANARY_EMAIL, CANARY_FAMILY, CANARY_GIVEN, World
+from tests.support.canaries import CANARY_EMAIL, CANARY_FAMILY, CANARY_GIVEN
+from tests.support.world import World
 
 
 async def test_admin_flows_log_no_phi(
@@ -61,7 +61,7 @@ async def test_admin_flows_log_no_phi(
         assert (await domains.check_clinic(svc, "north", actor="test")).ok
         for page in ("/admin", "/admin/audit", "/admin/quarantine", "/metrics"):
             assert (await ops.get(page)).status_code == 200, page
-        a, b = await _held(svc, clinic.id, 2)
+        a, b = await held_in_quarantine(svc, clinic.id, 2)
         for item, action in ((a, "read"), (a, "release"), (b, "discard")):
             resp = await post_page(
                 ops, f"/admin/quarantine/{item}", f"/admin/quarantine/{item}/{action}", {}

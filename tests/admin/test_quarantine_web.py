@@ -6,46 +6,17 @@ from sqlalchemy import select
 
 from gateway.models import AuditEvent, InboundMessage, QuarantineItem
 from gateway.services import Services
-from tests.admin.conftest import post_page, sign_in
-from tests.conftest import CANARY_EMAIL, CANARY_TEXT, World
-
-RAW = (
-    f"From: {CANARY_EMAIL}\r\nTo: reply+abc@reply.north.example\r\n"
-    f"Subject: {CANARY_TEXT}\r\nMessage-ID: <q1@example.org>\r\n"
-    f"Date: Mon, 02 Mar 2026 15:00:00 +0000\r\n\r\n{CANARY_TEXT}\r\n"
-).encode()
-
-
-async def _held(services: Services, clinic_id: str, n: int = 1) -> list[str]:
-    ids = []
-    async with services.transaction() as s:
-        for i in range(n):
-            inbound = InboundMessage(
-                source="smtp",
-                route="reply",
-                raw=RAW.replace(b"<q1@", f"<q{i}x{clinic_id[:6]}@".encode()),
-                size=len(RAW),
-                state="quarantined",
-                auth={"dkim": "none", "spf": "none"},
-                clinic_id=clinic_id,
-            )
-            s.add(inbound)
-            await s.flush()
-            item = QuarantineItem(
-                inbound_id=inbound.id, reason="not_authenticated", detail="no aligned DKIM"
-            )
-            s.add(item)
-            await s.flush()
-            ids.append(item.id)
-    return ids
+from tests.admin.helpers import held_in_quarantine, post_page, sign_in
+from tests.support.canaries import CANARY_EMAIL, CANARY_TEXT
+from tests.support.world import World
 
 
 async def test_show_read_release_discard_each_audited(
     services: Services, world: World, web
 ) -> None:
     north, south = await world.clinic("north"), await world.clinic("south")
-    a, b = await _held(services, north.id, 2)
-    (other,) = await _held(services, south.id)
+    a, b = await held_in_quarantine(services, north.id, 2)
+    (other,) = await held_in_quarantine(services, south.id)
     await world.staff(None, role="operator", email="ops@carebridge.example")
     await world.staff(south, role="clinic_admin", email="admin@south.example")
     ops = web()

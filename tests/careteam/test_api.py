@@ -13,7 +13,6 @@ import pytest
 from sqlalchemy import func, select
 
 from gateway.admin import apikeys
-from gateway.careteam import threads
 from gateway.models import Appointment, Message, Notification, Thread
 from gateway.outbound.notify import Kind
 from gateway.services import Services
@@ -221,19 +220,8 @@ async def test_queues_count_open_work(
 ) -> None:
     clinic = await world.clinic()
     patient = await world.patient(clinic)
-    async with services.transaction() as s:
-        for urgent in (True, False):
-            await threads.create_thread(
-                s,
-                services,
-                patient=patient,
-                clinic=clinic,
-                request_type="medication_renewal",
-                subject="r",
-                body="b",
-                urgent=urgent,
-                actor="test",
-            )
+    for urgent in (True, False):
+        await world.thread(clinic, patient, request_type="medication_renewal", urgent=urgent)
     r = await client.get("/queues")
     refills = next(q for q in r.json() if q["clinic"] == clinic.slug and q["pool"] == "Refills")
     assert refills["open"] == 2 and refills["urgent"] == 1 and refills["unassigned"] == 2

@@ -40,17 +40,7 @@ async def test_warning_then_breach_at_the_right_moments(
         s.add(PoolMember(pool_id=pool.id, staff_id=nurse.id))
     # Friday 17:30 local: due Monday 17:00, warned Monday 14:45 (75% of 9 business hours).
     clock.set(datetime(2026, 3, 6, 17, 30, tzinfo=CHI).astimezone(UTC))
-    async with services.transaction() as s:
-        t = await threads.create_thread(
-            s,
-            services,
-            patient=patient,
-            clinic=clinic,
-            request_type="question",
-            subject=CANARY_TEXT,
-            body=CANARY_TEXT,
-            actor="test",
-        )
+    t = await world.thread(clinic, patient, subject=CANARY_TEXT, body=CANARY_TEXT)
     before = len(await _kinds(services))
 
     clock.set(datetime(2026, 3, 9, 14, 44, tzinfo=CHI).astimezone(UTC))
@@ -116,17 +106,7 @@ async def test_breach_without_supervisor_reaches_on_call_or_admins(
     admin = await world.staff(clinic, role="clinic_admin")
     on_call = await world.staff(clinic)
     clock.set(datetime(2026, 3, 4, 9, 0, tzinfo=CHI).astimezone(UTC))
-    async with services.transaction() as s:
-        await threads.create_thread(
-            s,
-            services,
-            patient=patient,
-            clinic=clinic,
-            request_type="appointment",
-            subject="q",
-            body="b",
-            actor="test",
-        )
+    await world.thread(clinic, patient, request_type="appointment")
     clock.advance(days=2)
     assert await escalation.run_sla_timers(services) == escalation.TimerResult(0, 1)
     staff_ids = {k[1] for k in await _kinds(services) if k[0] == str(Kind.SLA_BREACH)}
@@ -146,17 +126,7 @@ async def test_warning_for_an_empty_pool_reaches_the_escalation_contacts(
     patient = await world.patient(clinic)
     admin = await world.staff(clinic, role="clinic_admin")
     clock.set(datetime(2026, 3, 4, 8, 0, tzinfo=CHI).astimezone(UTC))
-    async with services.transaction() as s:
-        await threads.create_thread(
-            s,
-            services,
-            patient=patient,
-            clinic=clinic,
-            request_type="immunization_record",
-            subject="q",
-            body="b",
-            actor="test",
-        )
+    await world.thread(clinic, patient, request_type="immunization_record")
     clock.set(datetime(2026, 3, 4, 14, 45, tzinfo=CHI).astimezone(UTC))
     assert await escalation.run_sla_timers(services) == escalation.TimerResult(1, 0)
     warned = [k for k in await _kinds(services) if k[0] == str(Kind.SLA_WARNING)]

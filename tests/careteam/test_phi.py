@@ -42,19 +42,16 @@ async def test_story_leaks_no_phi(
         clinic, given_name=CANARY_GIVEN, family_name=CANARY_FAMILY, email=CANARY_EMAIL
     )
     nurse = await world.staff(clinic, role="clinic_admin")
+    t = await world.thread(
+        clinic,
+        patient,
+        request_type="medication_renewal",
+        subject=CANARY_TEXT,
+        body=CANARY_TEXT,
+        details={"medication": CANARY_TEXT},
+        urgent=True,
+    )
     async with services.transaction() as s:
-        t = await threads.create_thread(
-            s,
-            services,
-            patient=patient,
-            clinic=clinic,
-            request_type="medication_renewal",
-            subject=CANARY_TEXT,
-            body=CANARY_TEXT,
-            details={"medication": CANARY_TEXT},
-            urgent=True,
-            actor="test",
-        )
         await appointments.schedule(
             s,
             services,

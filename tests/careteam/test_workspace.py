@@ -70,22 +70,18 @@ async def test_nurse_works_the_refills_queue(
     async with services.transaction() as s:
         s.add(PoolMember(pool_id=refills.id, staff_id=nurse.id))
     made = []
-    async with services.transaction() as s:
-        for n, urgent in enumerate((False, False, True)):
-            made.append(
-                await threads.create_thread(
-                    s,
-                    services,
-                    patient=patient,
-                    clinic=clinic,
-                    request_type="medication_renewal",
-                    subject=f"refill-{n}",
-                    body=CANARY_TEXT,
-                    urgent=urgent,
-                    actor="test",
-                )
+    for n, urgent in enumerate((False, False, True)):
+        made.append(
+            await world.thread(
+                clinic,
+                patient,
+                request_type="medication_renewal",
+                subject=f"refill-{n}",
+                body=CANARY_TEXT,
+                urgent=urgent,
             )
-            clock.advance(hours=1)
+        )
+        clock.advance(hours=1)
     await sign_in(browser, "nurse@clinic.example")
 
     home = await browser.get("/staff")
@@ -174,17 +170,8 @@ async def test_quick_reply_and_result_release(
     clinic = await world.clinic()
     patient = await world.patient(clinic)
     await world.staff(clinic, email="pro@clinic.example", role="provider")
+    t = await world.thread(clinic, patient)
     async with services.transaction() as s:
-        t = await threads.create_thread(
-            s,
-            services,
-            patient=patient,
-            clinic=clinic,
-            request_type="question",
-            subject="q",
-            body="b",
-            actor="test",
-        )
         result = await add_result(
             s,
             services,
@@ -227,17 +214,7 @@ async def test_other_clinics_and_anonymous_are_kept_out(
     other = await world.clinic()
     patient = await world.patient(other)
     await world.staff(clinic, email="nurse@clinic.example")
-    async with services.transaction() as s:
-        t = await threads.create_thread(
-            s,
-            services,
-            patient=patient,
-            clinic=other,
-            request_type="question",
-            subject="q",
-            body="b",
-            actor="test",
-        )
+    t = await world.thread(other, patient)
     anonymous = await browser.get(f"/staff/threads/{t.id}")
     assert anonymous.status_code == 303 and "/staff/login" in anonymous.headers["location"]
     await sign_in(browser, "nurse@clinic.example")
@@ -290,20 +267,10 @@ async def test_clinic_admin_edits_routing_in_order(
     page = await browser.get("/staff/setup")
     types = re.findall(r'data-type="([^"]+)" data-pool="([^"]+)"', page.text)
     assert types[0] == ("medication_renewal", "dr-x")
-    async with services.transaction() as s:
-        t = await threads.create_thread(
-            s,
-            services,
-            patient=patient,
-            clinic=clinic,
-            request_type="medication_renewal",
-            subject="r",
-            body="b",
-            actor="test",
-        )
-        assert t.pool_id == drx.id
-        assert t.sla_due_at is not None and t.sla_started_at is not None
-        assert t.sla_due_at - t.sla_started_at <= timedelta(days=4)
+    t = await world.thread(clinic, patient, request_type="medication_renewal")
+    assert t.pool_id == drx.id
+    assert t.sla_due_at is not None and t.sla_started_at is not None
+    assert t.sla_due_at - t.sla_started_at <= timedelta(days=4)
 
     bad = await post(
         browser,
@@ -350,21 +317,9 @@ async def test_admin_sets_hours_and_holidays_and_staff_set_preferences(
         assert c.staff_email_replies is True
     # Friday evening: Monday is a listed holiday, so the reply is due Tuesday at 13:00.
     clock.set(datetime(2026, 3, 6, 18, 0, tzinfo=chi).astimezone(UTC))
-    async with services.transaction() as s:
-        c = await s.get(Clinic, clinic.id)
-        assert c is not None
-        t = await threads.create_thread(
-            s,
-            services,
-            patient=patient,
-            clinic=c,
-            request_type="question",
-            subject="q",
-            body="b",
-            actor="test",
-        )
-        assert t.sla_due_at is not None
-        assert t.sla_due_at.astimezone(chi) == datetime(2026, 3, 10, 13, 0, tzinfo=chi)
+    t = await world.thread(clinic, patient)  # the clinic as the form just saved it
+    assert t.sla_due_at is not None
+    assert t.sla_due_at.astimezone(chi) == datetime(2026, 3, 10, 13, 0, tzinfo=chi)
     await sign_in(browser, "admin@clinic.example")  # the clock jump ended the session
 
     for bad in ({"hours_wed": "9 to 5"}, {"timezone": "Mars/Olympus"}, {"holidays": "soon"},

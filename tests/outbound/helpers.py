@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 
 from sqlalchemy import select
 
+from gateway.config import DnsConfig
+from gateway.dns import blocking_resolver
+from gateway.inbound import dnsresolve
 from gateway.models import Clinic, DkimKey, Notification
 from gateway.outbound import dkim
 from gateway.outbound.delivery import DeliveryPart
@@ -23,6 +27,14 @@ async def publish_keys(services: Services, clinic: Clinic, zone: object) -> list
         name = f"{row.selector}._domainkey.{row.domain}"
         zone.txt[name] = dkim.dns_txt((row.algorithm, row.public_key))  # type: ignore[attr-defined]
     return rows
+
+
+def dkim_dnsfunc(nameservers: tuple[str, ...]) -> Callable[..., bytes | None]:
+    """A dkimpy ``dnsfunc`` on these nameservers: the lookup a receiving carebridge makes."""
+    lookup: Callable[..., bytes | None] = dnsresolve.dkim_dnsfunc(
+        blocking_resolver(DnsConfig(nameservers=nameservers))
+    )
+    return lookup
 
 
 async def deliver_all(services: Services, part: DeliveryPart | None = None) -> DeliveryPart:

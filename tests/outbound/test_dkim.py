@@ -11,7 +11,7 @@ import pytest
 from gateway.outbound import dkim
 from gateway.portal.invitations import invite
 
-from .helpers import deliver_all, parse, publish_keys
+from .helpers import deliver_all, dkim_dnsfunc, parse, publish_keys
 
 
 def verifies(data: bytes, idx: int, lookup) -> bool:
@@ -41,7 +41,7 @@ async def test_relayed_notification_has_two_signatures_stock_dkimpy_verifies(
     assert len(signatures) == 2
     algorithms = sorted(s.split("a=", 1)[1].split(";", 1)[0] for s in signatures)
     assert algorithms == ["ed25519-sha256", "rsa-sha256"]
-    lookup = dkim.txt_lookup(svc.config.dns.nameservers)
+    lookup = dkim_dnsfunc(svc.config.dns.nameservers)
     assert verifies(data, 0, lookup)
     assert verifies(data, 1, lookup)
     # The module-level entry point most receivers use checks the topmost one.
@@ -57,7 +57,7 @@ async def test_tampered_body_fails_both_signatures(services, world, dns_server):
         "Message-ID: <1@x>\r\n\r\nOpen the portal.\r\n"
     ).encode()
     signed = dkim.sign(msg, signing)
-    lookup = dkim.txt_lookup((dns_server.nameserver,))
+    lookup = dkim_dnsfunc((dns_server.nameserver,))
     assert verifies(signed, 0, lookup)
     assert verifies(signed, 1, lookup)
     tampered = signed.replace(b"Open the portal.", b"Open the p0rtal.")

@@ -15,7 +15,7 @@ from gateway.models import Pool, PoolMember
 from gateway.outbound import notify
 from gateway.outbound.notify import Kind, Notice
 from gateway.portal.invitations import invite
-from tests.conftest import CANARY_EMAIL, CANARY_FAMILY, CANARY_GIVEN, CANARY_TEXT
+from tests.support.canaries import CANARY_EMAIL, CANARY_FAMILY, CANARY_GIVEN, CANARY_TEXT
 
 from .helpers import deliver_all, parse
 
@@ -70,18 +70,16 @@ async def test_canaries_never_reach_the_wire_or_the_logs(
         s.add(PoolMember(pool_id=pool.id, staff_id=nurse.id))
     async with svc.transaction() as s:
         await invite(s, svc, patient=patient, clinic=clinic)
-        thread = await threads.create_thread(
-            s,
-            svc,
-            patient=patient,
-            clinic=clinic,
-            request_type="medication_renewal",
-            subject=f"{CANARY_TEXT} subject",
-            body=f"{CANARY_TEXT} body, call me at {CANARY_PHONE}",
-            details={"medication": CANARY_TEXT, "pharmacy": CANARY_FAMILY},
-            urgent=True,
-            actor=f"patient:{patient.id}",
-        )
+    thread = await world.thread(
+        clinic,
+        patient,
+        request_type="medication_renewal",
+        subject=f"{CANARY_TEXT} subject",
+        body=f"{CANARY_TEXT} body, call me at {CANARY_PHONE}",
+        details={"medication": CANARY_TEXT, "pharmacy": CANARY_FAMILY},
+        urgent=True,
+        actor=f"patient:{patient.id}",
+    )
     async with svc.transaction() as s:
         await threads.post_staff_message(
             s, svc, thread=thread, staff=nurse, body=f"{CANARY_TEXT}: {CANARY_GIVEN}, results"

@@ -39,7 +39,7 @@ from gateway.inbound.routing import Target, resolve_recipient
 from gateway.models import InboundMessage, QuarantineItem
 from gateway.outbound import headers
 from gateway.outbound.render import EmailContext, Renderer
-from gateway.outbound.transport import DeliveryError, Envelope, SmtpTransport
+from gateway.outbound.transport import DeliveryError, OutboundEnvelope, SmtpTransport
 from gateway.services import Services
 from handlers.reply import new_text
 from tests.reliability.sink import Sink
@@ -270,7 +270,7 @@ async def test_accepted_hostile_addresses_put_one_rcpt_on_the_wire(wire, address
     before = len(sink.messages)
     try:
         await transport.send(
-            Envelope(
+            OutboundEnvelope(
                 mail_from="bounce+tok@reply.clinic.example",
                 recipient=recipient,
                 data=b"Subject: x\r\n\r\nbody\r\n",
@@ -315,7 +315,7 @@ async def test_an_internationalised_address_is_sent_or_refused_cleanly(wire) -> 
         recipient = validate_address(address)
         try:
             await transport.send(
-                Envelope(
+                OutboundEnvelope(
                     mail_from="bounce+tok@reply.clinic.example",
                     recipient=recipient,
                     data=b"Subject: x\r\n\r\nbody\r\n",
