@@ -33,6 +33,7 @@ from gateway.models import (
 from gateway.portal import patients
 from gateway.services import Services
 from gateway.web import problems
+from gateway.web.deps import services_of
 from gateway.web.idempotency import IdempotencyMiddleware, ProblemGuard
 from gateway.web.problems import ApiProblem, Problem
 
@@ -150,12 +151,6 @@ class ApiKeyOut(BaseModel):
 
 
 bearer = HTTPBearer(auto_error=False)
-
-
-def services_of(request: Request) -> Services:
-    services = request.app.state.services
-    assert isinstance(services, Services)
-    return services
 
 
 async def _session(request: Request) -> AsyncIterator[AsyncSession]:
