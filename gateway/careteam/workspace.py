@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway import audit
@@ -29,6 +29,19 @@ class PoolSummary:
     urgent: int
     overdue: int
     mine: int
+
+
+@dataclass(frozen=True)
+class PoolWorkload:
+    """A pool's open work in numbers, for integrations watching the queues."""
+
+    clinic_slug: str
+    pool: Pool
+    open: int
+    urgent: int
+    unassigned: int
+    breached: int
+    next_due_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -114,6 +127,31 @@ async def pool_summaries(
             )
         )
     return rows
+
+
+async def pool_workloads(
+    session: AsyncSession, now: datetime, *, org_id: str | None = None
+) -> list[PoolWorkload]:
+    """Every pool's open work (of one organisation, if given), by clinic then pool."""
+    q = select(Pool, Clinic.slug).join(Clinic, Clinic.id == Pool.clinic_id)
+    if org_id is not None:
+        q = q.where(Clinic.org_id == org_id)
+    out = []
+    for pool, clinic_slug in (await session.execute(q.order_by(Clinic.slug, Pool.slug))).all():
+        open_ = Thread.pool_id == pool.id, Thread.status == "open"
+        counts = (
+            await session.execute(
+                select(
+                    func.count(),
+                    func.count().filter(Thread.urgent.is_(True)),
+                    func.count().filter(Thread.assigned_staff_id.is_(None)),
+                    func.count().filter(Thread.sla_due_at <= now),
+                    func.min(Thread.sla_due_at),
+                ).where(*open_)
+            )
+        ).one()
+        out.append(PoolWorkload(clinic_slug, pool, *counts))
+    return out
 
 
 async def pool_for_staff(session: AsyncSession, staff: Staff, pool_id: str) -> Pool | None:
