@@ -25,8 +25,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway import throttle
 from gateway.careteam import appointments, escalation
 from gateway.models import Appointment, IdempotencyRecord, Token
+from gateway.portal import accounts
 from gateway.services import Services
-from gateway.web import sessions as web_sessions
 
 # Longest throttle window is an hour and the longest lock six; a day is safely past both.
 THROTTLE_RETENTION = timedelta(days=1)
@@ -124,7 +124,7 @@ async def purge_expired(services: Services) -> int:
             purged += int(getattr(result, "rowcount", 0) or 0)
         # Expired web sessions and idle rate-limit counters are refused or reset anyway;
         # purging keeps the tables small.
-        purged += await web_sessions.purge_expired(session, services)
+        purged += await accounts.purge_expired(session, services)
         purged += await throttle.purge_stale(session, now, THROTTLE_RETENTION)
     return purged
 

@@ -345,6 +345,14 @@ async def thread_for_patient(
     return thread
 
 
+async def thread_for_staff(session: AsyncSession, staff: Staff, thread_id: str) -> Thread | None:
+    """The thread if this staff member may act on it; None otherwise (never says which)."""
+    thread = await session.get(Thread, thread_id)
+    if thread is None or not staff_may_act(staff, thread):
+        return None
+    return thread
+
+
 async def messages_of(
     session: AsyncSession, thread_id: str, *, include_internal: bool
 ) -> Sequence[Message]:

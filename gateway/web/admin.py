@@ -22,10 +22,10 @@ from gateway.admin.clinics import get_clinic, list_clinics
 from gateway.admin.dashboard import AuditFilter, Scope
 from gateway.errors import CarebridgeError, NotFoundError
 from gateway.models import Clinic
+from gateway.portal.accounts import Principal
 from gateway.web import charts, sessions
-from gateway.web.health import services_of
+from gateway.web.deps import services_of
 from gateway.web.pages import render
-from gateway.web.sessions import Principal
 
 router = APIRouter(prefix="/admin", include_in_schema=False)
 ADMIN_ROLES = ("operator", "clinic_admin")

@@ -16,23 +16,22 @@ from typing import Annotated, Any, Literal
 from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.admin import apikeys
-from gateway.careteam import appointments, threads
+from gateway.careteam import appointments, threads, workspace
 from gateway.models import (
     ApiKey,
     Appointment,
     Clinic,
     Notification,
     Patient,
-    Pool,
-    Thread,
 )
 from gateway.portal import patients
 from gateway.services import Services
 from gateway.web import problems
+from gateway.web.deps import services_of
 from gateway.web.idempotency import IdempotencyMiddleware, ProblemGuard
 from gateway.web.problems import ApiProblem, Problem
 
@@ -150,12 +149,6 @@ class ApiKeyOut(BaseModel):
 
 
 bearer = HTTPBearer(auto_error=False)
-
-
-def services_of(request: Request) -> Services:
-    services = request.app.state.services
-    assert isinstance(services, Services)
-    return services
 
 
 async def _session(request: Request) -> AsyncIterator[AsyncSession]:
@@ -382,37 +375,20 @@ def create_api(services: Services) -> FastAPI:
     @api.get("/queues", response_model=list[QueueOut], tags=["queues"])
     async def queues(s: Session, key: Caller) -> list[QueueOut]:
         """Each pool's open work: counts and the nearest deadline."""
-        now = services.clock.now()
-        q = select(Pool, Clinic.slug).join(Clinic, Clinic.id == Pool.clinic_id)
-        if key.org_id is not None:
-            q = q.where(Clinic.org_id == key.org_id)
-        out = []
-        for pool, clinic_slug in (await s.execute(q.order_by(Clinic.slug, Pool.slug))).all():
-            open_ = Thread.pool_id == pool.id, Thread.status == "open"
-            counts = (
-                await s.execute(
-                    select(
-                        func.count(),
-                        func.count().filter(Thread.urgent.is_(True)),
-                        func.count().filter(Thread.assigned_staff_id.is_(None)),
-                        func.count().filter(Thread.sla_due_at <= now),
-                        func.min(Thread.sla_due_at),
-                    ).where(*open_)
-                )
-            ).one()
-            out.append(
-                QueueOut(
-                    clinic=clinic_slug,
-                    pool_id=pool.id,
-                    pool=pool.name,
-                    open=counts[0],
-                    urgent=counts[1],
-                    unassigned=counts[2],
-                    breached=counts[3],
-                    next_due_at=_utc(counts[4]),
-                )
+        loads = await workspace.pool_workloads(s, services.clock.now(), org_id=key.org_id)
+        return [
+            QueueOut(
+                clinic=w.clinic_slug,
+                pool_id=w.pool.id,
+                pool=w.pool.name,
+                open=w.open,
+                urgent=w.urgent,
+                unassigned=w.unassigned,
+                breached=w.breached,
+                next_due_at=_utc(w.next_due_at),
             )
-        return out
+            for w in loads
+        ]
 
     @api.get("/api-keys", response_model=list[ApiKeyOut], tags=["admin"])
     async def list_keys(s: Session, key: Caller) -> list[ApiKeyOut]:

@@ -16,10 +16,10 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from gateway.errors import CarebridgeError, NotFoundError
 from gateway.models import Clinic, Patient
 from gateway.portal import enrolment, invitations, library, patients
+from gateway.portal.accounts import Principal
 from gateway.web import sessions
-from gateway.web.health import services_of
+from gateway.web.deps import services_of
 from gateway.web.pages import render
-from gateway.web.sessions import Principal
 
 router = APIRouter(include_in_schema=False)
 CSRF = [Depends(sessions.check_csrf)]

@@ -9,14 +9,9 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from gateway.services import Services
+from gateway.web.deps import services_of
 
 router = APIRouter(include_in_schema=False)
-
-
-def services_of(request: Request) -> Services:
-    services = request.app.state.services
-    assert isinstance(services, Services)
-    return services
 
 
 @router.get("/healthz")

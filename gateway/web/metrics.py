@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from gateway.admin.dashboard import refresh_gauges
-from gateway.web.health import services_of
+from gateway.web.deps import services_of
 
 router = APIRouter(include_in_schema=False)
 

@@ -18,9 +18,10 @@ from jinja2 import Environment
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.i18n import LANGUAGES, gettext_for
+from gateway.portal import accounts
 from gateway.templating import TEMPLATES_DIR
 from gateway.web import sessions
-from gateway.web.health import services_of
+from gateway.web.deps import services_of
 
 router = APIRouter(include_in_schema=False)
 
@@ -130,8 +131,8 @@ async def staff_login(request: Request) -> Response:
     email, password = str(form.get("email", "")), str(form.get("password", ""))
     code, nxt = str(form.get("code", "")), str(form.get("next", ""))
     try:
-        staff_id = await sessions.authenticate(services_of(request), "staff", email, password, code)
-    except sessions.SignInError as exc:
+        staff_id = await accounts.authenticate(services_of(request), "staff", email, password, code)
+    except accounts.SignInError as exc:
         return render(
             request,
             "staff-login.html.j2",

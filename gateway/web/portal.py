@@ -17,11 +17,12 @@ from gateway.models.org import REQUEST_TYPES
 from gateway.outbound.notify import OPTIONAL_KINDS
 from gateway.portal import inbox as inbox_mod
 from gateway.portal import library, patients, requests, results
+from gateway.portal.accounts import Principal
 from gateway.portal.signup import FormProblem
 from gateway.web import sessions
-from gateway.web.health import services_of
+from gateway.web.deps import services_of
 from gateway.web.pages import language_of, render
-from gateway.web.sessions import Principal, require_patient
+from gateway.web.sessions import require_patient
 
 router = APIRouter(include_in_schema=False)
 CSRF = [Depends(sessions.check_csrf)]

@@ -17,11 +17,11 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from gateway import tokens
-from gateway.portal import enrolment, signup, terms
+from gateway.portal import accounts, enrolment, signup, terms
 from gateway.portal import reset as reset_mod
 from gateway.portal.signup import FormProblem
 from gateway.web import sessions
-from gateway.web.health import services_of
+from gateway.web.deps import services_of
 from gateway.web.pages import language_of, render
 
 log = logging.getLogger("carebridge.web.portal")
@@ -47,14 +47,14 @@ async def login(request: Request) -> Response:
     form = await request.form()
     email, nxt = _form_str(form, "email"), _form_str(form, "next")
     try:
-        patient_id = await sessions.authenticate(
+        patient_id = await accounts.authenticate(
             services_of(request),
             "patient",
             email,
             _form_str(form, "password"),
             _form_str(form, "code"),
         )
-    except sessions.SignInError as exc:
+    except accounts.SignInError as exc:
         return render(
             request,
             "portal/login.html.j2",

@@ -9,25 +9,24 @@ they are answering, and only to signed-in staff of that clinic.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway import audit
-from gateway.careteam import digests, pools, sla, threads
+from gateway.admin.clinics import list_clinics
+from gateway.careteam import digests, pools, sla, threads, workspace
+from gateway.careteam.staff import list_staff
 from gateway.errors import CarebridgeError, UsageError
-from gateway.models import Clinic, Patient, Pool, Result, Staff, Thread
+from gateway.models import Clinic, Staff, Thread
 from gateway.models.org import REQUEST_TYPES
+from gateway.portal.accounts import Principal
 from gateway.services import Services
 from gateway.web import sessions
-from gateway.web.health import services_of
+from gateway.web.deps import services_of
 from gateway.web.pages import render
-from gateway.web.sessions import Principal
 
 router = APIRouter(prefix="/staff", include_in_schema=False)
 CSRF = [Depends(sessions.check_csrf)]
@@ -38,51 +37,26 @@ Clinician = Annotated[
 ]
 
 
-@dataclass(frozen=True)
-class QueueRow:
-    thread: Thread
-    due_local: str
-    overdue: bool
-    assignee: str
-
-
-def local(when: datetime | None, clinic: Clinic | None) -> str:
-    """A time in the clinic's own timezone, as staff read it."""
-    if when is None:
-        return ""
-    tz = sla.parse_timezone(clinic.timezone if clinic else "UTC")
-    return when.astimezone(tz).strftime("%a %d %b %H:%M %Z")
-
-
 async def _me(s: AsyncSession, principal: Principal) -> Staff:
-    me = await s.get(Staff, principal.id)
+    me = await workspace.staff_member(s, principal.id)
     if me is None or not me.active:
         raise HTTPException(status_code=403, detail="Your account is not active.")
     return me
 
 
-async def _clinic_for(s: AsyncSession, me: Staff, clinic_id: str | None = None) -> Clinic:
+async def _clinic_for(s: AsyncSession, me: Staff, slug: str) -> Clinic:
     """The clinic a page is about: always the staff member's own unless an operator."""
-    wanted = clinic_id if me.role == "operator" and clinic_id else me.clinic_id
-    clinic = await s.get(Clinic, wanted) if wanted else None
+    clinic = await workspace.clinic_for(s, me, await workspace.clinic_id_by_slug(s, slug))
     if clinic is None:
         raise HTTPException(status_code=404, detail="No such clinic.")
     return clinic
 
 
 async def _thread(s: AsyncSession, me: Staff, thread_id: str) -> Thread:
-    thread = await s.get(Thread, thread_id)
-    if thread is None or not threads.staff_may_act(me, thread):
+    thread = await threads.thread_for_staff(s, me, thread_id)
+    if thread is None:
         raise HTTPException(status_code=404, detail="No such thread.")
     return thread
-
-
-async def _names(s: AsyncSession, ids: set[str | None]) -> dict[str, str]:
-    wanted = [i for i in ids if i]
-    if not wanted:
-        return {}
-    rows = await s.scalars(select(Staff).where(Staff.id.in_(wanted)))
-    return {m.id: m.name for m in rows}
 
 
 # -- home and queues ---------------------------------------------------------------------
@@ -94,30 +68,12 @@ async def home(request: Request, principal: AnyStaff, clinic: str = "") -> Respo
     async with services.transaction() as s:
         me = await _me(s, principal)
         if me.role == "operator" and not clinic:
-            clinics = list(await s.scalars(select(Clinic).order_by(Clinic.slug)))
+            clinics = list(await list_clinics(s))
             return render(request, "staff/clinics.html.j2", clinics=clinics, me=me)
-        here = await _clinic_for(s, me, await _clinic_id(s, clinic))
-        rows = []
-        for pool in await pools.pools_of(s, here.id):
-            queue = await pools.queue(s, pool.id)
-            now = services.clock.now()
-            rows.append(
-                {
-                    "pool": pool,
-                    "open": len(queue),
-                    "urgent": sum(1 for t in queue if t.urgent),
-                    "overdue": sum(1 for t in queue if t.sla_due_at and t.sla_due_at <= now),
-                    "mine": sum(1 for t in queue if t.assigned_staff_id == me.id),
-                }
-            )
+        here = await _clinic_for(s, me, clinic)
+        rows = await workspace.pool_summaries(s, here.id, me.id, services.clock.now())
         await audit.record(s, principal.actor, "staff.home_view", "clinic", here.id)
     return render(request, "staff/home.html.j2", me=me, clinic=here, rows=rows)
-
-
-async def _clinic_id(s: AsyncSession, slug: str) -> str | None:
-    if not slug:
-        return None
-    return await s.scalar(select(Clinic.id).where(Clinic.slug == slug))
 
 
 @router.get("/pools/{pool_id}", response_class=HTMLResponse)
@@ -127,30 +83,18 @@ async def pool_queue(
     services = services_of(request)
     async with services.transaction() as s:
         me = await _me(s, principal)
-        pool = await s.get(Pool, pool_id)
-        if pool is None or (me.role != "operator" and pool.clinic_id != me.clinic_id):
+        pool = await workspace.pool_for_staff(s, me, pool_id)
+        if pool is None:
             raise HTTPException(status_code=404, detail="No such pool.")
-        clinic = await s.get(Clinic, pool.clinic_id)
-        queue = await pools.queue(s, pool.id, include_closed=closed)
-        names = await _names(s, {t.assigned_staff_id for t in queue})
-        now = services.clock.now()
-        rows = [
-            QueueRow(
-                thread=t,
-                due_local=local(t.sla_due_at, clinic),
-                overdue=bool(t.sla_due_at and t.sla_due_at <= now),
-                assignee=names.get(t.assigned_staff_id or "", ""),
-            )
-            for t in queue
-        ]
-        await audit.record(s, principal.actor, "pool.view", "pool", pool.id, rows=len(rows))
+        queue = await workspace.pool_queue(s, pool, services.clock.now(), include_closed=closed)
+        await audit.record(s, principal.actor, "pool.view", "pool", pool.id, rows=len(queue.rows))
         return render(
             request,
             "staff/queue.html.j2",
             me=me,
             pool=pool,
-            clinic=clinic,
-            rows=rows,
+            clinic=queue.clinic,
+            rows=queue.rows,
             closed=closed,
         )
 
@@ -170,29 +114,10 @@ async def _thread_page(
     quick: str = "",
     status_code: int = 200,
 ) -> HTMLResponse:
-    clinic = await s.get(Clinic, thread.clinic_id)
-    patient = await s.get(Patient, thread.patient_id)
-    messages = await threads.messages_of(s, thread.id, include_internal=True)
-    names = await _names(s, {m.author_id for m in messages if m.author_kind == "staff"})
-    colleagues = list(
-        await s.scalars(
-            select(Staff)
-            .where(Staff.clinic_id == thread.clinic_id, Staff.active.is_(True))
-            .order_by(Staff.created_at)
-        )
-    )
-    replies = list(await pools.quick_replies(s, thread.clinic_id))
+    view = await workspace.thread_view(s, thread)
     if quick and not draft:
-        chosen = next((r for r in replies if r.id == quick), None)
+        chosen = next((r for r in view.quick_replies if r.id == quick), None)
         draft = chosen.body if chosen else ""
-    held = list(
-        await s.scalars(
-            select(Result)
-            .where(Result.patient_id == thread.patient_id, Result.released_at.is_(None))
-            .order_by(Result.created_at)
-        )
-    )
-    pool = await s.get(Pool, thread.pool_id) if thread.pool_id else None
     await audit.record(s, f"staff:{me.id}", "thread.view", "thread", thread.id)
     return render(
         request,
@@ -200,17 +125,17 @@ async def _thread_page(
         status_code=status_code,
         me=me,
         thread=thread,
-        clinic=clinic,
-        patient=patient,
-        pool=pool,
-        messages=messages,
-        names=names,
-        colleagues=colleagues,
-        quick_replies=replies,
-        held_results=held,
+        clinic=view.clinic,
+        patient=view.patient,
+        pool=view.pool,
+        messages=view.messages,
+        names=view.names,
+        colleagues=view.colleagues,
+        quick_replies=view.quick_replies,
+        held_results=view.held_results,
         draft=draft,
         error=error,
-        local=lambda when: local(when, clinic),
+        local=lambda when: workspace.local(when, view.clinic),
     )
 
 
@@ -264,7 +189,7 @@ async def assign(request: Request, thread_id: str, principal: AnyStaff) -> Respo
         me = await _me(s, principal)
         thread = await _thread(s, me, thread_id)
         wanted = form.get("staff_id", "")
-        assignee = await s.get(Staff, wanted) if wanted else None
+        assignee = await workspace.staff_member(s, wanted) if wanted else None
         if wanted and assignee is None:
             raise HTTPException(status_code=422, detail="Choose a colleague from the list.")
         try:
@@ -296,8 +221,8 @@ async def release(request: Request, result_id: str, principal: Clinician) -> Res
     form = await _form(request)
     async with services.transaction() as s:
         me = await _me(s, principal)
-        result = await s.get(Result, result_id)
-        if result is None or (me.role != "operator" and result.clinic_id != me.clinic_id):
+        result = await workspace.result_for_staff(s, me, result_id)
+        if result is None:
             raise HTTPException(status_code=404, detail="No such result.")
         if result.sensitive and me.role not in ("provider", "operator"):
             raise HTTPException(status_code=403, detail="A provider must release this result.")
@@ -320,11 +245,7 @@ async def _setup_page(
 ) -> HTMLResponse:
     all_pools = list(await pools.pools_of(s, clinic.id))
     members = {p.id: list(await pools.members_of(s, p.id)) for p in all_pools}
-    staff = list(
-        await s.scalars(
-            select(Staff).where(Staff.clinic_id == clinic.id).order_by(Staff.created_at)
-        )
-    )
+    staff = list(await list_staff(s, clinic))
     return render(
         request,
         "staff/setup.html.j2",
@@ -348,7 +269,7 @@ async def setup(request: Request, principal: ClinicAdmin, clinic: str = "") -> R
     services = services_of(request)
     async with services.transaction() as s:
         me = await _me(s, principal)
-        here = await _clinic_for(s, me, await _clinic_id(s, clinic))
+        here = await _clinic_for(s, me, clinic)
         await audit.record(s, principal.actor, "setup.view", "clinic", here.id)
         return await _setup_page(request, s, me, here)
 
@@ -414,12 +335,9 @@ async def _apply(
             holiday_country=f.get("holiday_country", ""),
             actor=actor,
         )
-        wanted = f.get("staff_email_replies") == "1"
-        if clinic.staff_email_replies != wanted:
-            clinic.staff_email_replies = wanted
-            await audit.record(
-                s, actor, "clinic.staff_email_replies", "clinic", clinic.id, enabled=wanted
-            )
+        await workspace.set_staff_email_replies(
+            s, clinic, enabled=f.get("staff_email_replies") == "1", actor=actor
+        )
     elif action == "add-quick-reply":
         await pools.add_quick_reply(
             s, clinic_id=clinic.id, title=f.get("title", ""), body=f.get("body", ""), actor=actor
@@ -438,7 +356,7 @@ async def setup_change(request: Request, principal: ClinicAdmin) -> Response:
     form = await _form(request)
     async with services.sessions() as s, s.begin():
         me = await _me(s, principal)
-        here = await _clinic_for(s, me, await _clinic_id(s, form.get("clinic", "")))
+        here = await _clinic_for(s, me, form.get("clinic", ""))
         try:
             async with s.begin_nested():
                 await _apply(s, me, here, form.get("action", ""), form)
@@ -467,11 +385,12 @@ async def save_preferences(request: Request, principal: AnyStaff) -> Response:
         raise HTTPException(status_code=422, detail="Choose one of the listed digest options.")
     async with services_of(request).transaction() as s:
         me = await _me(s, principal)
-        me.preferences = {
-            **(me.preferences or {}),
-            "digest": mode,
-            "urgent_only": form.get("urgent_only") == "1",
-            "on_call": form.get("on_call") == "1",
-        }
-        await audit.record(s, principal.actor, "staff.preferences", "staff", me.id)
+        await workspace.save_preferences(
+            s,
+            me,
+            digest=mode,
+            urgent_only=form.get("urgent_only") == "1",
+            on_call=form.get("on_call") == "1",
+            actor=principal.actor,
+        )
     return RedirectResponse("/staff/preferences", status_code=303)

@@ -19,7 +19,7 @@ from gateway import audit, tokens
 from gateway.i18n import LANGUAGES, gettext_for
 from gateway.models import Patient, Token
 from gateway.outbound.notify import OPTIONAL_KINDS
-from gateway.web.health import services_of
+from gateway.web.deps import services_of
 
 router = APIRouter(include_in_schema=False)
 

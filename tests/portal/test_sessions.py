@@ -12,9 +12,10 @@ from fastapi import Depends, FastAPI
 from sqlalchemy import select
 
 from gateway.models import AuditEvent, WebSession
+from gateway.portal.accounts import Principal
 from gateway.services import Services
 from gateway.web.app import create_app
-from gateway.web.sessions import Principal, require_patient, require_staff
+from gateway.web.sessions import require_patient, require_staff
 from tests.conftest import FakeClock, World
 from tests.portal.conftest import csrf_of, post_form
 
@@ -231,7 +232,7 @@ async def test_open_redirect_after_sign_in_is_refused(
 async def test_purge_expired_removes_only_dead_sessions(
     services: Services, world: World, client: httpx.AsyncClient, clock: FakeClock, probed: FastAPI
 ) -> None:
-    from gateway.web.sessions import purge_expired
+    from gateway.portal.accounts import purge_expired
 
     clinic = await world.clinic()
     await world.staff(clinic, email="p1@clinic.example")
