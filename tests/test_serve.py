@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.test_cli import cb, write_config
+from tests.support.cli import cb, write_config
 
 
 def test_serve_answers_health_and_stops_on_sigterm(tmp_path: Path, free_port):

@@ -14,7 +14,8 @@ from gateway.crypto import load_keyring
 from gateway.errors import DecryptionError
 from gateway.models import AuditEvent, Patient
 from gateway.portal import patients
-from tests.conftest import CANARY_EMAIL, CANARY_FAMILY, CANARY_GIVEN, World
+from tests.support.canaries import CANARY_EMAIL, CANARY_FAMILY, CANARY_GIVEN
+from tests.support.world import World
 
 
 def _variants(s: str) -> list[bytes]:
@@ -30,7 +31,7 @@ def _variants(s: str) -> list[bytes]:
 async def test_canary_patient_never_in_sqlite_file_or_wal(tmp_path: Path, make_config, keyring):
     from gateway import db
     from gateway.services import open_services
-    from tests.conftest import FakeClock
+    from tests.support.world import FakeClock
 
     url = f"sqlite+aiosqlite:///{tmp_path}/canary.db"
     import asyncio

@@ -17,7 +17,8 @@ from gateway.models import Appointment, Message, Notification, Thread
 from gateway.outbound.notify import Kind
 from gateway.services import Services
 from gateway.web.app import create_app
-from tests.conftest import CANARY_EMAIL, CANARY_FAMILY, CANARY_GIVEN, CANARY_TEXT, FakeClock, World
+from tests.support.canaries import CANARY_EMAIL, CANARY_FAMILY, CANARY_GIVEN, CANARY_TEXT
+from tests.support.world import FakeClock, World
 
 
 async def _key(services: Services, role: str = "integration", org: str | None = None) -> str:

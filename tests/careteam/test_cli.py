@@ -16,8 +16,8 @@ import pytest
 from typer.testing import CliRunner
 
 from gateway.cli import app
-from tests.test_cli import cb as cb_process
-from tests.test_cli import write_config
+from tests.support.cli import cb as cb_process
+from tests.support.cli import write_config
 
 
 @dataclass

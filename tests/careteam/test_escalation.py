@@ -12,7 +12,8 @@ from gateway.careteam import escalation, threads
 from gateway.models import Notification, Pool, PoolMember, Staff
 from gateway.outbound.notify import Kind
 from gateway.services import Services
-from tests.conftest import CANARY_TEXT, FakeClock, World
+from tests.support.canaries import CANARY_TEXT
+from tests.support.world import FakeClock, World
 
 CHI = ZoneInfo("America/Chicago")
 

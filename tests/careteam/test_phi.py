@@ -17,14 +17,8 @@ from gateway.careteam import appointments, escalation, threads
 from gateway.models import Notification
 from gateway.services import Services
 from gateway.web.app import create_app
-from tests.conftest import (
-    CANARY_EMAIL,
-    CANARY_FAMILY,
-    CANARY_GIVEN,
-    CANARY_TEXT,
-    FakeClock,
-    World,
-)
+from tests.support.canaries import CANARY_EMAIL, CANARY_FAMILY, CANARY_GIVEN, CANARY_TEXT
+from tests.support.world import FakeClock, World
 
 CANARIES = (CANARY_GIVEN, CANARY_FAMILY, CANARY_TEXT, CANARY_EMAIL)
 

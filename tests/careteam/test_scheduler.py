@@ -16,7 +16,7 @@ from gateway.models import Notification, Token
 from gateway.outbound.notify import Kind
 from gateway.scheduler import SchedulerPart
 from gateway.services import Services, open_services
-from tests.conftest import FakeClock, World
+from tests.support.world import FakeClock, World
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from gateway.outbound.notify import Kind
 from gateway.services import Services
 from handlers.base import Context, Filed, Quarantine
 from handlers.staff_reply import handler
-from tests.conftest import FakeClock, World
+from tests.support.world import FakeClock, World
 
 GOOD = AuthVerdict(dkim="pass", dkim_aligned=True, from_domain="north.example")
 

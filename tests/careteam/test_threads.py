@@ -11,7 +11,8 @@ from gateway.careteam import threads
 from gateway.models import Message, Notification, Pool, PoolMember, Thread
 from gateway.outbound.notify import Kind
 from gateway.services import Services
-from tests.conftest import CANARY_TEXT, FakeClock, World
+from tests.support.canaries import CANARY_TEXT
+from tests.support.world import FakeClock, World
 
 CHI = ZoneInfo("America/Chicago")
 

@@ -17,7 +17,8 @@ from gateway.models import AuditEvent, Notification, Pool, PoolMember, RoutingRu
 from gateway.outbound.notify import Kind
 from gateway.services import Services
 from gateway.web.app import create_app
-from tests.conftest import CANARY_TEXT, FakeClock, World
+from tests.support.canaries import CANARY_TEXT
+from tests.support.world import FakeClock, World
 
 PASSWORD = "correct horse battery staple 42"
 CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')

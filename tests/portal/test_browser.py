@@ -18,8 +18,8 @@ from gateway.careteam import threads
 from gateway.models import AuditEvent, Patient, Staff, Thread
 from gateway.serve import WebPart
 from gateway.services import Services
-from tests.conftest import FakeClock, World
 from tests.portal.mail import deliver
+from tests.support.world import FakeClock, World
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "portal"

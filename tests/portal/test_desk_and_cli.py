@@ -17,8 +17,9 @@ from sqlalchemy import select
 from gateway.careteam import appointments
 from gateway.models import ArticleAssignment, AuditEvent, Clinic, Patient
 from gateway.services import Services
-from tests.conftest import CANARY_TEXT, World
-from tests.portal.conftest import active_patient, csrf_of, patient_sign_in
+from tests.portal.helpers import active_patient, csrf_of, patient_sign_in
+from tests.support.canaries import CANARY_TEXT
+from tests.support.world import World
 
 ROOT = Path(__file__).resolve().parents[2]
 

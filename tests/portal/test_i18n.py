@@ -10,8 +10,8 @@ from jinja2.ext import babel_extract
 
 from gateway.services import Services
 from gateway.templating import TEMPLATES_DIR
-from tests.conftest import World
-from tests.portal.conftest import active_patient, patient_sign_in
+from tests.portal.helpers import active_patient, patient_sign_in
+from tests.support.world import World
 
 PORTAL_TEMPLATES = [
     TEMPLATES_DIR / "web" / "base.html.j2",

@@ -12,8 +12,9 @@ from gateway.careteam import threads
 from gateway.models import AuditEvent, Message, Notification, Patient, Result, Staff, Thread
 from gateway.portal import library, patients, results
 from gateway.services import Services
-from tests.conftest import CANARY_TEXT, World
-from tests.portal.conftest import active_patient, csrf_of, patient_sign_in
+from tests.portal.helpers import active_patient, csrf_of, patient_sign_in
+from tests.support.canaries import CANARY_TEXT
+from tests.support.world import World
 
 
 async def compose(client: httpx.AsyncClient, kind: str, data: dict[str, Any]) -> httpx.Response:

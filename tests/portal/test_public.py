@@ -13,9 +13,10 @@ from sqlalchemy import func, select
 from gateway.careteam import threads
 from gateway.models import Clinic, Enrolment, Notification, Patient, Staff, Token
 from gateway.services import Services
-from tests.conftest import CANARY_EMAIL, CANARY_FAMILY, CANARY_GIVEN, CANARY_TEXT, FakeClock, World
-from tests.portal.conftest import STRONG_PASSWORD, active_patient, csrf_of, patient_sign_in
+from tests.portal.helpers import STRONG_PASSWORD, active_patient, csrf_of, patient_sign_in
 from tests.portal.mail import deliver
+from tests.support.canaries import CANARY_EMAIL, CANARY_FAMILY, CANARY_GIVEN, CANARY_TEXT
+from tests.support.world import FakeClock, World
 
 
 def normalised(html: str) -> str:

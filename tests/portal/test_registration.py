@@ -12,9 +12,10 @@ from sqlalchemy import select
 from gateway.models import AuditEvent, Patient, Token
 from gateway.portal import enrolment, terms
 from gateway.services import Services
-from tests.conftest import CANARY_EMAIL, CANARY_FAMILY, CANARY_GIVEN, FakeClock, World
-from tests.portal.conftest import csrf_of
+from tests.portal.helpers import csrf_of
 from tests.portal.mail import deliver
+from tests.support.canaries import CANARY_EMAIL, CANARY_FAMILY, CANARY_GIVEN
+from tests.support.world import FakeClock, World
 
 STRONG = "violet tractor umbrella 93"
 

@@ -16,8 +16,8 @@ from gateway.portal.accounts import Principal
 from gateway.services import Services
 from gateway.web.app import create_app
 from gateway.web.sessions import require_patient, require_staff
-from tests.conftest import FakeClock, World
-from tests.portal.conftest import csrf_of, post_form
+from tests.portal.helpers import csrf_of, post_form
+from tests.support.world import FakeClock, World
 
 PASSWORD = "correct horse battery staple 42"
 

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from gateway import throttle
 from gateway.services import Services
-from tests.conftest import FakeClock
+from tests.support.world import FakeClock
 
 POLICY = throttle.Policy(
     "signin", 3, timedelta(minutes=10), timedelta(minutes=1), timedelta(minutes=5)

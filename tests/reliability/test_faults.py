@@ -28,9 +28,9 @@ from gateway.models import InboundMessage, Notification
 from gateway.outbound import notify
 from gateway.outbound.delivery import DeliveryPart
 from gateway.services import Services, open_services
-from tests.conftest import World
 from tests.reliability.sink import Sink
 from tests.reliability.stories import reply_mail, reply_world
+from tests.support.world import World
 
 
 class CommitRefused(Exception):
