@@ -101,7 +101,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("token", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_token_expires_at"), ["expires_at"], unique=False)
-        batch_op.create_index(batch_op.f("ix_subject_kind_id"), ["subject_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_token_subject_id"), ["subject_id"], unique=False)
 
     op.create_table(
         "web_session",
@@ -737,7 +737,7 @@ def downgrade() -> None:
 
     op.drop_table("web_session")
     with op.batch_alter_table("token", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_subject_kind_id"))
+        batch_op.drop_index(batch_op.f("ix_token_subject_id"))
         batch_op.drop_index(batch_op.f("ix_token_expires_at"))
 
     op.drop_table("token")
