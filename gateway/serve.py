@@ -1,7 +1,9 @@
 """``carebridge serve``: one asyncio loop running every enabled part of the gateway.
 
 Each part starts (returning once it listens or runs), reports ready, and stops in reverse
-order on SIGTERM/SIGINT. Parts are listed explicitly in :func:`build_parts`.
+order on SIGTERM/SIGINT. Parts are listed explicitly in :func:`build_parts`, the composition
+root: it is also where the installed handlers' routing table is loaded and handed to the
+inbound parts (the gateway never imports ``handlers`` itself).
 """
 
 from __future__ import annotations
@@ -11,22 +13,13 @@ import contextlib
 import logging
 import signal
 from collections.abc import Iterator
-from typing import Protocol
 
 import uvicorn
 
-from gateway.services import Services
+from gateway.services import Part, Services
 from gateway.web.app import create_app
 
 log = logging.getLogger("carebridge.serve")
-
-
-class Part(Protocol):
-    name: str
-
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
 
 
 class _Server(uvicorn.Server):
@@ -85,9 +78,11 @@ def build_parts(services: Services) -> list[Part]:
         from gateway.scheduler import SchedulerPart
 
         parts.append(SchedulerPart(services))
-    from gateway.inbound.parts import inbound_parts
+    if cfg.smtp.enabled or cfg.imap:
+        from gateway.inbound.parts import inbound_parts
+        from gateway.inbound.plugins import load_routing
 
-    parts.extend(inbound_parts(services))
+        parts.extend(inbound_parts(services, load_routing()))
     return parts
 
 

@@ -25,6 +25,19 @@ class Clock(Protocol):
     def now(self) -> datetime: ...
 
 
+class Part(Protocol):
+    """One long-running piece of ``carebridge serve`` (web, delivery, SMTP, an IMAP poller).
+
+    Defined here, with the infrastructure every part shares, so ``gateway/serve.py`` and the
+    areas that build parts both depend on it rather than on each other."""
+
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
 class SystemClock:
     def now(self) -> datetime:
         return datetime.now(UTC)

@@ -1,98 +1,18 @@
-"""What every inbound handler sees and may answer.
+"""Checks that several handlers share: which patient a message provably comes from.
 
-A handler is one small object with a ``name`` and one async method, :meth:`Handler.handle`,
-returning a small typed outcome. Handlers never commit, never send mail and never write
-quarantine rows: the intake engine turns the outcome into the message's state, a quarantine
-row, metrics and audit events, in one place (``gateway/inbound/intake.py``).
+What a handler sees and returns (``Context``, the outcomes, the ``Handler`` protocol) is the
+intake's contract and lives in ``gateway/inbound/handling.py``. This check stays here: it is
+handler policy (which token purposes name a patient, which reason codes a failure gets), not
+message authentication, which ``gateway/inbound/auth.py`` does for every message.
 """
 
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass
-from datetime import datetime
-from email.message import EmailMessage
-from typing import Protocol
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
-from gateway.inbound.auth import AuthVerdict, Envelope
-from gateway.inbound.parsing import Sender
-from gateway.models import Clinic, InboundMessage, Patient, Token
+from gateway.inbound.handling import Context, Quarantine
+from gateway.models import Patient
 from gateway.portal.patients import email_index
-from gateway.services import Services
-
-
-@dataclass
-class Context:
-    services: Services
-    session: AsyncSession
-    inbound: InboundMessage
-    msg: EmailMessage
-    sender: Sender | None
-    verdict: AuthVerdict
-    envelope: Envelope
-    # The live token named by the recipient address (None when expired since RCPT time).
-    token: Token | None
-    clinic: Clinic | None
-    now: datetime
-    # Set by the routing table when the message is an automatic reply, with the reason.
-    automated: str | None = None
-
-
-@dataclass(frozen=True)
-class Filed:
-    """The patient's words were stored in a thread."""
-
-    thread_id: str
-    message_id: str
-
-
-@dataclass(frozen=True)
-class Confirmed:
-    """A registration reply confirmed the address (and perhaps agreed to the terms)."""
-
-    patient_id: str
-    terms_agreed: bool
-
-
-@dataclass(frozen=True)
-class BounceRecorded:
-    notification_id: str
-    severity: str  # hard, soft, policy
-    status: str  # enhanced status code, e.g. 5.1.1 ('' when the bounce gave none)
-
-
-@dataclass(frozen=True)
-class Quarantine:
-    """May not enter a thread: held for an operator with a PHI-free reason code."""
-
-    reason: str
-    detail: str = ""
-
-
-@dataclass(frozen=True)
-class Ignore:
-    """Nothing to do (automatic replies): never answered, never filed."""
-
-    reason: str
-    drop_raw: bool = False  # over the daily cap: not even kept
-
-
-@dataclass(frozen=True)
-class Keep:
-    """Kept for operators (postmaster@, abuse@)."""
-
-    reason: str
-
-
-Outcome = Filed | Confirmed | BounceRecorded | Quarantine | Ignore | Keep
-
-
-class Handler(Protocol):
-    name: str
-
-    async def handle(self, ctx: Context) -> Outcome: ...
 
 
 async def authenticated_patient(ctx: Context, purpose: str) -> Patient | Quarantine:

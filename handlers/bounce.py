@@ -19,9 +19,9 @@ from flufl.bounce import all_failures
 from sqlalchemy import select
 
 from gateway import audit
+from gateway.inbound.handling import BounceRecorded, Context, Ignore, Outcome, Quarantine
 from gateway.models import Notification, Patient, Pool, PoolMember, Staff
 from gateway.outbound.notify import Kind, Notice, enqueue
-from handlers.base import BounceRecorded, Context, Ignore, Outcome, Quarantine
 
 log = logging.getLogger("carebridge.inbound.bounce")
 

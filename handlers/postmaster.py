@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from handlers.base import Context, Keep, Outcome
+from gateway.inbound.handling import Context, Keep, Outcome
 
 
 class PostmasterHandler:

@@ -11,10 +11,10 @@ from __future__ import annotations
 import re
 
 from gateway import audit
-from gateway.inbound.parsing import text_body
+from gateway.inbound.handling import Confirmed, Context, Outcome, Quarantine
+from gateway.inbound.parsing import new_text, text_body
 from gateway.portal import terms
-from handlers.base import Confirmed, Context, Outcome, Quarantine, authenticated_patient
-from handlers.reply import new_text
+from handlers.base import authenticated_patient
 
 _AGREE = re.compile(r"^\W*(i\s+agree|yes,?\s+i\s+agree|acepto|estoy\s+de\s+acuerdo)\b", re.I)
 _TERMS_VERSION = re.compile(

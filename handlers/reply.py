@@ -1,48 +1,30 @@
 """``reply+TOKEN@``: a patient answered a notification by email.
 
+(A staff member's reply token at the same address shape goes to ``handlers/staff_reply.py``:
+the routing table tells them apart by the token's subject kind.)
+
 Filed only when the token names the patient and the aligned authenticated sender is the
 address on file (see :func:`handlers.base.authenticated_patient`). Quoted text and signatures
-are stripped with mail-parser-reply, so only the new words enter the thread, encrypted, through
-the same :mod:`gateway.careteam.threads` functions the portal uses (which notify the pool and
-queue the patient's PHI-free acknowledgement).
+are stripped (:func:`gateway.inbound.parsing.new_text`), so only the new words enter the
+thread, encrypted, through the same :mod:`gateway.careteam.threads` functions the portal uses
+(which notify the pool and queue the patient's PHI-free acknowledgement).
 """
 
 from __future__ import annotations
 
-from email.message import EmailMessage
-
-from mailparser_reply import EmailReplyParser
-
 from gateway.careteam import threads
 from gateway.errors import UsageError
-from gateway.inbound.parsing import header_text, text_body
+from gateway.inbound.handling import Context, Filed, Outcome, Quarantine
+from gateway.inbound.parsing import header_text, new_text
 from gateway.models import Clinic
 from gateway.portal import patients
-from handlers.base import Context, Filed, Outcome, Quarantine, authenticated_patient
-
-_LANGUAGES = ["en", "es", "de", "fr"]
-
-
-def new_text(msg: EmailMessage) -> str:
-    """The reply's own words: quoted history and signature removed."""
-    body = text_body(msg).replace("\r\n", "\n")
-    if not body.strip():
-        return ""
-    parsed = EmailReplyParser(languages=_LANGUAGES).read(text=body)
-    if not parsed.replies:
-        return body.strip()
-    return str(parsed.replies[0].body).strip()
+from handlers.base import authenticated_patient
 
 
 class ReplyHandler:
     name = "reply"
 
     async def handle(self, ctx: Context) -> Outcome:
-        if ctx.token is not None and ctx.token.subject_kind == "staff":
-            # The same reply+TOKEN@ address shape serves clinicians answering by email.
-            from handlers import staff_reply  # imports new_text from here
-
-            return await staff_reply.handler.handle(ctx)
         patient = await authenticated_patient(ctx, "reply_address")
         if isinstance(patient, Quarantine):
             return patient

@@ -1,5 +1,8 @@
 """``reply+TOKEN@`` whose token names a staff member: a clinician answered by email.
 
+Its own route in the table (``staff_reply``), told apart from a patient's reply at RCPT time
+by the token's subject kind.
+
 Filed through :func:`gateway.careteam.threads.post_staff_message` (the portal's path: stops the SLA
 clock, tells the patient PHI-free) only when every check holds: the clinic has staff email
 replies on; the token names an active staff member of this clinic and a thread of this
@@ -12,9 +15,9 @@ from __future__ import annotations
 
 from gateway.careteam import staff_replies, threads
 from gateway.errors import UsageError
+from gateway.inbound.handling import Context, Filed, Outcome, Quarantine
+from gateway.inbound.parsing import new_text
 from gateway.models import Staff, Thread
-from handlers.base import Context, Filed, Outcome, Quarantine
-from handlers.reply import new_text
 
 
 class StaffReplyHandler:

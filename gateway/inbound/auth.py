@@ -52,8 +52,9 @@ def aligned(identity_domain: str, from_domain: str) -> bool:
 
 
 @dataclass(frozen=True)
-class Envelope:
-    """What the SMTP session knew: needed for SPF. Addresses are PHI: stored encrypted."""
+class ReceivedEnvelope:
+    """What the SMTP session knew of a received message: needed for SPF. Addresses are PHI:
+    stored encrypted. (Not aiosmtpd's session envelope, nor the outbound one.)"""
 
     mail_from: str = ""
     rcpt_tos: tuple[str, ...] = ()
@@ -69,7 +70,7 @@ class Envelope:
         }
 
     @classmethod
-    def from_json(cls, doc: dict[str, Any] | None) -> Envelope:
+    def from_json(cls, doc: dict[str, Any] | None) -> ReceivedEnvelope:
         doc = doc or {}
         return cls(
             mail_from=str(doc.get("mail_from", "")),
@@ -131,7 +132,7 @@ def _check_dkim(raw: bytes, dnsfunc: Any) -> tuple[str, list[str]]:
     return ("temperror" if temp else "fail"), []
 
 
-def _check_spf(envelope: Envelope) -> tuple[str, str]:
+def _check_spf(envelope: ReceivedEnvelope) -> tuple[str, str]:
     if not envelope.peer_ip:
         return "none", ""
     sender = envelope.mail_from
@@ -169,7 +170,7 @@ def _prop(result: Any, type_: str, name: str) -> str:
 
 
 def evaluate(
-    cfg: Config, raw: bytes, msg: EmailMessage, from_domain: str, envelope: Envelope
+    cfg: Config, raw: bytes, msg: EmailMessage, from_domain: str, envelope: ReceivedEnvelope
 ) -> AuthVerdict:
     """Run every check (blocking: DNS and RSA). Call it in a worker thread."""
     res = dnsresolve.make_resolver(cfg.dns)
@@ -205,7 +206,7 @@ def evaluate(
 
 
 async def authenticate(
-    cfg: Config, raw: bytes, msg: EmailMessage, from_domain: str, envelope: Envelope
+    cfg: Config, raw: bytes, msg: EmailMessage, from_domain: str, envelope: ReceivedEnvelope
 ) -> AuthVerdict:
     """:func:`evaluate` off the event loop, so DNS and RSA never stall SMTP sessions."""
     return await asyncio.to_thread(evaluate, cfg, raw, msg, from_domain, envelope)

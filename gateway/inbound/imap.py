@@ -177,7 +177,7 @@ class ImapPoller:
             for _name, address in getaddresses(values):
                 if not address:
                     continue
-                target = await resolve_recipient(session, address, now)
+                target = await resolve_recipient(session, self.intake.routing, address, now)
                 if target is not None and target not in found:
                     found.append(target)
         return found or [Target(UNROUTED, None, None)]

@@ -42,8 +42,9 @@ from sqlalchemy.ext.asyncio import (
 
 from gateway import db
 from gateway.groupcommit import GroupCommitter
-from gateway.inbound import parsing, processing
-from gateway.inbound.auth import Envelope
+from gateway.inbound import parsing, plugins, processing
+from gateway.inbound.auth import ReceivedEnvelope
+from gateway.inbound.handling import Outcome, RoutingTable
 from gateway.inbound.parsing import MalformedMessage
 from gateway.inbound.processing import Prepared, state_of
 from gateway.inbound.routing import Target
@@ -51,7 +52,6 @@ from gateway.inbound.sqlitewriter import SqliteInserter
 from gateway.models import InboundMessage
 from gateway.models.types import new_id
 from gateway.services import Services
-from handlers.base import Outcome
 
 log = logging.getLogger("carebridge.inbound")
 
@@ -107,10 +107,18 @@ def _reader(services: Services) -> tuple[async_sessionmaker[AsyncSession], Async
 
 
 class Intake:
-    """The intake engine of one running system (one per :class:`Services`)."""
+    """The intake engine: ``carebridge serve`` builds one, shared by its SMTP and IMAP parts.
 
-    def __init__(self, services: Services) -> None:
+    The quarantine's release commands (CLI and admin page) build a short-lived one of their
+    own to re-run processing on the released message, and close it when done.
+
+    ``routing`` is the handlers' table; by default the one installed under the
+    ``carebridge.routing`` entry point (:func:`gateway.inbound.plugins.load_routing`).
+    """
+
+    def __init__(self, services: Services, routing: RoutingTable | None = None) -> None:
         self.services = services
+        self.routing = routing if routing is not None else plugins.load_routing()
         cfg = services.config.inbound
         self._committer: GroupCommitter[_Pending, tuple[list[str], int]] = GroupCommitter(
             self._write_batch, cfg.group_commit_max
@@ -145,7 +153,7 @@ class Intake:
         *,
         source: str,
         targets: Sequence[Target],
-        envelope: Envelope | None = None,
+        envelope: ReceivedEnvelope | None = None,
         process: bool = True,
         dedupe_scope: str | None = None,
     ) -> ReceiveOutcome:
@@ -382,8 +390,10 @@ class Intake:
 
         async def prep(r: Any) -> Prepared:
             async with self._slots:
-                env = Envelope.from_json(r.envelope)
-                return await processing.prepare(services, r.id, r.raw, r.source, r.route, env)
+                env = ReceivedEnvelope.from_json(r.envelope)
+                return await processing.prepare(
+                    services, self.routing, r.id, r.raw, r.source, r.route, env
+                )
 
         prepared = await asyncio.gather(*(prep(r) for r in rows))
         results: dict[str, Outcome | None] = {}
@@ -391,7 +401,7 @@ class Intake:
         now = services.clock.now()
         async with self._turns.background(), services.transaction() as session:
             for p in prepared:
-                outcome, again = await processing.apply_one(services, session, p, now)
+                outcome, again = await processing.apply_one(services, self.routing, session, p, now)
                 results[p.inbound_id] = outcome
                 if again:
                     retry.append(p.inbound_id)

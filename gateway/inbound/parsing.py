@@ -3,7 +3,9 @@
 The header block is capped (``[inbound] max_header_bytes``) before any parser sees it, and the
 full parse (stdlib ``email`` with ``policy.default``) runs in a worker thread with a deadline,
 so a crafted message cannot hold the event loop. The sender is read from the From header with
-the modern header parser and then validated strictly (never rewritten).
+the modern header parser and then validated strictly (never rewritten). Also here: what the
+intake and the handlers read from a parsed message (its text, the reply's own new words,
+whether an automatic responder wrote it).
 """
 
 from __future__ import annotations
@@ -15,12 +17,25 @@ from dataclasses import dataclass
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesHeaderParser, BytesParser
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from mailparser_reply import EmailReplyParser
 
 from gateway.addresses import validate_address
 from gateway.errors import CarebridgeError, InvalidAddressError
 
+if TYPE_CHECKING:
+    from gateway.inbound.auth import ReceivedEnvelope
+
 _BLANK_LINE = re.compile(rb"\r?\n\r?\n")
+_REPLY_LANGUAGES = ["en", "es", "de", "fr"]
+_OOO_SUBJECT = re.compile(
+    r"(out of (the )?office|auto(matic)?[- ]?(reply|response|antwort)|autoreply|"
+    r"vacation|away from (my|the) (desk|office)|abwesenheit|fuera de la oficina|"
+    r"respuesta autom[aá]tica|r[ée]ponse automatique|absence)",
+    re.I,
+)
+_BULK_PRECEDENCE = {"bulk", "junk", "list", "auto_reply"}
 
 
 class MalformedMessage(CarebridgeError):
@@ -125,3 +140,34 @@ def text_body(msg: EmailMessage) -> str:
     if part.get_content_subtype() == "html":
         content = re.sub(r"<[^>]+>", " ", content)
     return content
+
+
+def new_text(msg: EmailMessage) -> str:
+    """The reply's own words: quoted history and signature removed (mail-parser-reply)."""
+    body = text_body(msg).replace("\r\n", "\n")
+    if not body.strip():
+        return ""
+    parsed = EmailReplyParser(languages=_REPLY_LANGUAGES).read(text=body)
+    if not parsed.replies:
+        return body.strip()
+    return str(parsed.replies[0].body).strip()
+
+
+def automated_reason(msg: EmailMessage, envelope: ReceivedEnvelope, source: str) -> str | None:
+    """Why this message is automatic (RFC 3834 and the non-standard markers: a short code),
+    or None when a person wrote it."""
+    auto = header_text(msg, "Auto-Submitted").strip().lower()
+    if auto and auto.split(";")[0].strip() != "no":
+        return "auto_submitted"
+    if header_text(msg, "Precedence").strip().lower() in _BULK_PRECEDENCE:
+        return "precedence"
+    for name in ("X-Autoreply", "X-Autorespond", "X-Autoresponder", "X-Auto-Response-Suppress"):
+        if msg.get(name) is not None:
+            return "x_autoreply"
+    if _OOO_SUBJECT.search(header_text(msg, "Subject")):
+        return "ooo_subject"
+    if source == "smtp" and envelope.mail_from == "":
+        return "null_sender"
+    if header_text(msg, "Return-Path").strip() == "<>":
+        return "null_sender"
+    return None

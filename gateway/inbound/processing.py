@@ -20,11 +20,8 @@ from gateway import audit
 from gateway.addresses import index_form
 from gateway.errors import InvalidAddressError
 from gateway.inbound import auth, parsing, routing
-from gateway.inbound.auth import AuthVerdict, Envelope
-from gateway.inbound.parsing import MalformedMessage, Sender
-from gateway.models import Clinic, InboundMessage, QuarantineItem, Token
-from gateway.services import Services
-from handlers.base import (
+from gateway.inbound.auth import AuthVerdict, ReceivedEnvelope
+from gateway.inbound.handling import (
     BounceRecorded,
     Confirmed,
     Context,
@@ -34,7 +31,12 @@ from handlers.base import (
     Keep,
     Outcome,
     Quarantine,
+    Route,
+    RoutingTable,
 )
+from gateway.inbound.parsing import MalformedMessage, Sender
+from gateway.models import Clinic, InboundMessage, QuarantineItem, Token
+from gateway.services import Services
 
 log = logging.getLogger("carebridge.inbound")
 
@@ -76,9 +78,10 @@ class Prepared:
     """Everything learnt about one stored message before taking any lock."""
 
     inbound_id: str
-    envelope: Envelope
+    envelope: ReceivedEnvelope
     fixed: Outcome | None = None  # decided already (unparsable, no recipient of ours)
     handler: Handler | None = None
+    route: Route | None = None
     automated: str | None = None
     msg: EmailMessage | None = None
     sender: Sender | None = None
@@ -86,7 +89,13 @@ class Prepared:
 
 
 async def prepare(
-    services: Services, inbound_id: str, raw: bytes, source: str, route_name: str, env: Envelope
+    services: Services,
+    routing_table: RoutingTable,
+    inbound_id: str,
+    raw: bytes,
+    source: str,
+    route_name: str,
+    env: ReceivedEnvelope,
 ) -> Prepared:
     cfg = services.config
     try:
@@ -99,9 +108,10 @@ async def prepare(
         return Prepared(inbound_id, env, fixed=Quarantine(exc.reason))
     sender = parsing.from_sender(msg)
     verdict = await auth.authenticate(cfg, raw, msg, sender.domain if sender else "", env)
-    handler, automated = routing.choose_handler(routing.route_named(route_name), msg, env, source)
+    route = routing_table.named(route_name)
+    handler, automated = routing.choose_handler(routing_table, route, msg, env, source)
     fixed = None if handler else Quarantine("no_recipient", "no address of ours in the message")
-    return Prepared(inbound_id, env, fixed, handler, automated, msg, sender, verdict)
+    return Prepared(inbound_id, env, fixed, handler, route, automated, msg, sender, verdict)
 
 
 def _sender_index(services: Services, p: Prepared) -> str | None:
@@ -115,7 +125,11 @@ def _sender_index(services: Services, p: Prepared) -> str | None:
 
 
 async def apply_one(
-    services: Services, session: AsyncSession, p: Prepared, now: datetime
+    services: Services,
+    routing_table: RoutingTable,
+    session: AsyncSession,
+    p: Prepared,
+    now: datetime,
 ) -> tuple[Outcome | None, bool]:
     """Handle one prepared message in the caller's transaction: (outcome, retry_later)."""
     row = await session.get(InboundMessage, p.inbound_id, with_for_update=True)
@@ -131,6 +145,11 @@ async def apply_one(
         if token is not None and token.expires_at <= now:
             token = None
         clinic = await session.get(Clinic, row.clinic_id) if row.clinic_id else None
+        handler = p.handler
+        if p.route is not None and p.automated is None and token is not None:
+            # RCPT already picked the route for the token's subject (staff or patient reply);
+            # a message stored under a sibling route before that split is settled here.
+            handler = routing_table.for_subject(p.route, token.subject_kind).handler
         ctx = Context(
             services=services,
             session=session,
@@ -144,22 +163,18 @@ async def apply_one(
             now=now,
             automated=p.automated,
         )
-        row.handler = p.handler.name
+        row.handler = handler.name
         try:
             async with session.begin_nested():
-                outcome = await p.handler.handle(ctx)
+                outcome = await handler.handle(ctx)
         except Exception as exc:
             # The exception text may quote the message: log its type only.
-            log.error(
-                "inbound %s: handler %s raised %s", row.id, p.handler.name, type(exc).__name__
-            )
+            log.error("inbound %s: handler %s raised %s", row.id, handler.name, type(exc).__name__)
             await session.refresh(row)
             row.attempts = (row.attempts or 0) + 1
             if row.attempts < MAX_ATTEMPTS:
                 return None, True
-            outcome = Quarantine(
-                "processing_error", f"{p.handler.name} raised {type(exc).__name__}"
-            )
+            outcome = Quarantine("processing_error", f"{handler.name} raised {type(exc).__name__}")
     await record_outcome(session, row, outcome, now)
     return outcome, False
 

@@ -18,10 +18,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway import audit
 from gateway.errors import NotFoundError, UsageError
+from gateway.inbound.handling import Outcome, Quarantine
 from gateway.inbound.intake import Intake
 from gateway.models import InboundMessage, QuarantineItem
 from gateway.services import Services
-from handlers.base import Outcome, Quarantine
 
 STATES = ("held", "released", "discarded", "all")
 
@@ -103,7 +103,13 @@ class Released:
 
 
 async def release(services: Services, intake: Intake, item_id: str, actor: str) -> Released:
-    """Re-run the intake path on the held message. It may be quarantined again (new item)."""
+    """Re-run the intake path on the held message. It may be quarantined again (new item).
+
+    The message is marked ``received`` again and processed by ``intake`` (authentication,
+    routing with the intake's table, the handler) right here; the CLI and the admin page
+    pass a short-lived intake of their own and close it afterwards, which also finishes any
+    retry a failing handler asked for. ``outcome`` is None when nothing was decided here
+    (another worker processed the message first, or the handler asked to be retried)."""
     async with services.transaction() as session:
         item, inbound = await _resolve(session, item_id, "released", actor, services)
         if not inbound.raw:

@@ -1,15 +1,16 @@
-"""The routing table: which recipient addresses exist, and which handler each one gets.
+"""Judging recipients and picking handlers with the routing table the intake was given.
 
-An explicit ordered tuple of (local-part pattern, token purpose, handler), read top to bottom,
-first match wins. Recipients are judged at RCPT time against it (unknown address, unknown
-domain, or a token that is not live: 550 5.1.1, so nothing is ever bounced back later); the
-same table picks the handler once the message is stored. Routes that carry a patient's words
-are screened for automatic replies first, which go to the auto-reply handler instead.
+The table itself (``gateway/inbound/handling.py``: ordered (local-part pattern, token purpose,
+handler) rows, first match wins) is data from the handler package. Recipients are judged at
+RCPT time against it (unknown address, unknown domain, or a token that is not live: 550 5.1.1,
+so nothing is ever bounced back later); where several routes share one address shape, the
+token's subject kind picks one (a staff member's reply token, a patient's). The same table
+picks the handler once the message is stored. Routes that carry a person's words are screened
+for automatic replies first, which go to the table's auto-reply handler instead.
 """
 
 from __future__ import annotations
 
-import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -20,36 +21,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway import tokens
 from gateway.admin import clinics
-from gateway.inbound.auth import Envelope
-from handlers import autoreply, bounce, postmaster, registration, reply
-from handlers.base import Handler
+from gateway.inbound.auth import ReceivedEnvelope
+from gateway.inbound.handling import Handler, Route, RoutingTable
+from gateway.inbound.parsing import automated_reason
 
-_TOKEN = r"(?P<token>[A-Za-z0-9_-]{20,64})"  # noqa: S105 (a pattern, not a secret)
-
-
-@dataclass(frozen=True)
-class Route:
-    name: str
-    pattern: re.Pattern[str]  # matched against the local part
-    token_purpose: str | None
-    handler: Handler
-    # Patient routes: an automatic reply sent here goes to the auto-reply handler instead.
-    screen_automated: bool
-
-
-ROUTES: tuple[Route, ...] = (
-    Route("bounce", re.compile(rf"^bounce\+{_TOKEN}$"), "bounce_address", bounce.handler, False),
-    Route(
-        "register",
-        re.compile(rf"^register\+{_TOKEN}$"),
-        "registration",
-        registration.handler,
-        True,
-    ),
-    Route("reply", re.compile(rf"^reply\+{_TOKEN}$"), "reply_address", reply.handler, True),
-    Route("postmaster", re.compile(r"^postmaster$", re.I), None, postmaster.handler, False),
-    Route("abuse", re.compile(r"^abuse$", re.I), None, postmaster.handler, False),
-)
 # Mail that reached an IMAP mailbox without any address of ours: stored and quarantined.
 UNROUTED = "unrouted"
 
@@ -69,19 +44,9 @@ class Target:
         return f"{self.route}:{self.token_id or self.clinic_id or ''}"
 
 
-def match_local(local: str) -> tuple[Route, str | None] | None:
-    for route in ROUTES:
-        m = route.pattern.match(local)
-        if m:
-            return route, m.groupdict().get("token")
-    return None
-
-
-def route_named(name: str) -> Route | None:
-    return next((r for r in ROUTES if r.name == name), None)
-
-
-async def resolve_recipient(session: AsyncSession, address: str, now: datetime) -> Target | None:
+async def resolve_recipient(
+    session: AsyncSession, routing: RoutingTable, address: str, now: datetime
+) -> Target | None:
     """The target for an RCPT address, or None (the caller answers 550 5.1.1)."""
     local, at, domain = address.rpartition("@")
     if not at or not local or not domain or len(address) > 254:
@@ -89,7 +54,7 @@ async def resolve_recipient(session: AsyncSession, address: str, now: datetime) 
     clinic = await clinics.clinic_by_reply_domain(session, domain.rstrip(".").lower())
     if clinic is None or not clinic.reply_domain:
         return None
-    found = match_local(local)
+    found = routing.match(local)
     if found is None:
         return None
     route, value = found
@@ -99,6 +64,7 @@ async def resolve_recipient(session: AsyncSession, address: str, now: datetime) 
     row = await tokens.peek(session, value, route.token_purpose, now)
     if row is None:
         return None
+    route = routing.for_subject(route, row.subject_kind)
     return Target(route.name, clinic.id, row.id, row.expires_at)
 
 
@@ -137,13 +103,17 @@ class RecipientCache:
 
 
 def choose_handler(
-    route: Route | None, msg: EmailMessage, envelope: Envelope, source: str
+    routing: RoutingTable,
+    route: Route | None,
+    msg: EmailMessage,
+    envelope: ReceivedEnvelope,
+    source: str,
 ) -> tuple[Handler | None, str | None]:
     """The handler for a stored message, and the automatic-reply reason when there is one."""
     if route is None:
         return None, None
     if route.screen_automated:
-        reason = autoreply.automated_reason(msg, envelope, source)
+        reason = automated_reason(msg, envelope, source)
         if reason is not None:
-            return autoreply.handler, reason
+            return routing.automated, reason
     return route.handler, None

@@ -26,7 +26,7 @@ from aiosmtpd.smtp import Session as SmtpSession
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.errors import SmtpReply
-from gateway.inbound.auth import Envelope
+from gateway.inbound.auth import ReceivedEnvelope
 from gateway.inbound.intake import Intake, Refused
 from gateway.inbound.routing import RecipientCache, Target, resolve_recipient
 from gateway.services import Services
@@ -66,7 +66,7 @@ class IntakeHandler:
         if not known:
             try:
                 async with self.intake.read_sessions() as s:
-                    target = await resolve_recipient(s, address, now)
+                    target = await resolve_recipient(s, self.intake.routing, address, now)
             except (SQLAlchemyError, OSError) as exc:
                 log.error("RCPT check failed (%s); answering 451", type(exc).__name__)
                 return SmtpReply.TEMPFAIL
@@ -91,7 +91,7 @@ class IntakeHandler:
         targets: list[Target] = getattr(envelope, "carebridge_targets", [])
         mail_from = envelope.mail_from or ""
         peer = session.peer
-        env = Envelope(
+        env = ReceivedEnvelope(
             mail_from="" if mail_from == "<>" else mail_from,
             rcpt_tos=tuple(envelope.rcpt_tos),
             peer_ip=str(peer[0]) if isinstance(peer, tuple) else "",

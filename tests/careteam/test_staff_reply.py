@@ -11,12 +11,12 @@ from sqlalchemy import select
 
 from gateway import tokens
 from gateway.careteam import staff_replies, threads
-from gateway.inbound.auth import AuthVerdict, Envelope
+from gateway.inbound.auth import AuthVerdict, ReceivedEnvelope
+from gateway.inbound.handling import Context, Filed, Quarantine
 from gateway.inbound.parsing import Sender
 from gateway.models import Clinic, InboundMessage, Notification, Thread, Token
 from gateway.outbound.notify import Kind
 from gateway.services import Services
-from handlers.base import Context, Filed, Quarantine
 from handlers.staff_reply import handler
 from tests.support.world import FakeClock, World
 
@@ -91,7 +91,7 @@ async def _handle_token(
             msg=_mail(sender, text),
             sender=Sender(sender, sender.split("@")[1]),
             verdict=verdict,
-            envelope=Envelope(),
+            envelope=ReceivedEnvelope(),
             token=token,
             clinic=clinic,
             now=services.clock.now(),
@@ -118,17 +118,28 @@ async def test_aligned_staff_reply_is_filed_like_a_portal_answer(
 async def test_routed_reply_address_reaches_the_staff_handler(
     services: Services, world: World
 ) -> None:
-    # The routing table sends every reply+TOKEN@ to handlers.reply; a staff token must be
-    # handed on, not quarantined as a patient reply with the wrong subject.
-    from handlers import reply
+    # Patients and staff answer at the same reply+TOKEN@ shape; the routing table tells them
+    # apart by the token's subject at RCPT time, so a staff token reaches its own route and
+    # is never judged as a patient's reply.
+    from gateway.inbound.routing import resolve_recipient
+    from handlers import ROUTING
 
     _, thread_id, address = await _setup(services, world)
-    token_value = address.split("@")[0].removeprefix("reply+")
     async with services.sessions() as s:
-        token = await tokens.peek(s, token_value, "reply_address", services.clock.now())
-    assert token is not None
+        target = await resolve_recipient(s, ROUTING, address, services.clock.now())
+        assert target is not None and target.token_id is not None
+        token = await s.get(Token, target.token_id)
+    assert target.route == "staff_reply" and token is not None
+    route = ROUTING.named(target.route)
+    assert route is not None and route.handler is handler
+    patient_route = ROUTING.named("reply")
+    assert patient_route is not None
+    wrong = await _handle_token(
+        services, token, "dr.bo@north.example", routed=patient_route.handler
+    )
+    assert isinstance(wrong, Quarantine) and wrong.reason == "token_invalid"
     outcome = await _handle_token(
-        services, token, "dr.bo@north.example", text="Seen, all fine.", routed=reply.handler
+        services, token, "dr.bo@north.example", text="Seen, all fine.", routed=route.handler
     )
     assert isinstance(outcome, Filed) and outcome.thread_id == thread_id
 

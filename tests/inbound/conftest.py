@@ -24,6 +24,7 @@ from gateway.inbound.smtp import SmtpPart
 from gateway.models import Clinic, Patient, Thread
 from gateway.outbound.dkim import generate_key
 from gateway.services import Services
+from handlers import ROUTING
 from tests.conftest import World
 from tests.support.net import dns_servers
 
@@ -189,7 +190,7 @@ async def make_intake(services: Services) -> AsyncIterator[Callable[[Services], 
     made: list[Intake] = []
 
     def make(services: Services) -> Intake:
-        made.append(Intake(services))
+        made.append(Intake(services, ROUTING))
         return made[-1]
 
     yield make
@@ -199,7 +200,7 @@ async def make_intake(services: Services) -> AsyncIterator[Callable[[Services], 
 
 @pytest.fixture
 async def smtp(inbound_services: Services) -> AsyncIterator[SmtpPart]:
-    part = SmtpPart(inbound_services, Intake(inbound_services))
+    part = SmtpPart(inbound_services, Intake(inbound_services, ROUTING))
     await part.start()
     try:
         yield part

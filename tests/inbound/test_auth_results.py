@@ -9,6 +9,7 @@ from sqlalchemy import select
 from gateway.careteam import threads
 from gateway.inbound.routing import resolve_recipient
 from gateway.models import InboundMessage
+from handlers import ROUTING
 from tests.inbound.conftest import compose
 
 HEADER = "{id}; dkim=pass header.d=example.org header.s=s1; spf=none smtp.mailfrom=example.org"
@@ -33,7 +34,7 @@ async def test_authentication_results_trusted_only_from_configured_id(
     )
     intake = make_intake(services)
     async with services.sessions() as s:
-        target = await resolve_recipient(s, to, services.clock.now())
+        target = await resolve_recipient(s, ROUTING, to, services.clock.now())
     assert target is not None
     await intake.receive(raw, source="imap", targets=[target])
     await intake.drain()

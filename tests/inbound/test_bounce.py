@@ -14,6 +14,7 @@ from gateway.inbound.parsing import parse_sync
 from gateway.inbound.routing import resolve_recipient
 from gateway.models import InboundMessage, Notification, Patient, Pool, PoolMember
 from gateway.outbound.notify import Kind, Notice, enqueue
+from handlers import ROUTING
 from tests.inbound.conftest import Story, asend, compose
 
 SAMPLES = Path(__file__).parent / "bounces"
@@ -70,7 +71,7 @@ async def test_bounce_samples_are_classified_and_traced(make_intake, story, name
 
     intake = make_intake(services)
     async with services.sessions() as s:
-        target = await resolve_recipient(s, address, services.clock.now())
+        target = await resolve_recipient(s, ROUTING, address, services.clock.now())
     assert target is not None and target.route == "bounce"
     await intake.receive(raw, source="smtp", targets=[target])
     await intake.drain()
@@ -112,7 +113,7 @@ async def test_soft_bounce_never_softens_a_hard_state(make_intake, story):
     for name in ("postfix-user-unknown", "exchange-delayed"):
         _n, address = await _notification(story)
         async with services.sessions() as s:
-            target = await resolve_recipient(s, address, services.clock.now())
+            target = await resolve_recipient(s, ROUTING, address, services.clock.now())
         assert target is not None
         await intake.receive(_sample(name, address), source="smtp", targets=[target])
         await intake.drain()
@@ -133,7 +134,7 @@ async def test_out_of_office_to_bounce_address_is_ignored(make_intake, story):
     )
     intake = make_intake(services)
     async with services.sessions() as s:
-        target = await resolve_recipient(s, address, services.clock.now())
+        target = await resolve_recipient(s, ROUTING, address, services.clock.now())
     assert target is not None
     await intake.receive(raw, source="smtp", targets=[target])
     await intake.drain()

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 
-from gateway.inbound.auth import AuthVerdict, Envelope
+from gateway.inbound.auth import AuthVerdict, ReceivedEnvelope
+from gateway.inbound.handling import Context, Outcome
 from gateway.inbound.parsing import parse_sync
 from gateway.inbound.processing import MAX_ATTEMPTS, Prepared, apply_one
 from gateway.inbound.routing import Target
 from gateway.models import InboundMessage, QuarantineItem, Thread
-from handlers.base import Context, Outcome
+from handlers import ROUTING
 from tests.inbound.conftest import Story, compose
 
 
@@ -48,7 +49,7 @@ async def test_failing_handler_is_rolled_back_retried_then_quarantined(story: St
     for _ in range(MAX_ATTEMPTS):
         p = Prepared(
             inbound_id,
-            Envelope(),
+            ReceivedEnvelope(),
             handler=Exploding(story.clinic.id, story.patient.id),
             msg=None,
             verdict=AuthVerdict(),
@@ -58,7 +59,7 @@ async def test_failing_handler_is_rolled_back_retried_then_quarantined(story: St
             assert row is not None
             p.msg = parse_sync(row.raw)
         async with services.transaction() as session:
-            outcomes.append(await apply_one(services, session, p, services.clock.now()))
+            outcomes.append(await apply_one(services, ROUTING, session, p, services.clock.now()))
 
     assert outcomes[:-1] == [(None, True)] * (MAX_ATTEMPTS - 1)  # retried
     final, again = outcomes[-1]

@@ -7,6 +7,7 @@ from sqlalchemy import func, select
 
 from gateway.careteam import threads
 from gateway.models import InboundMessage, Notification, QuarantineItem
+from handlers import ROUTING
 from tests.inbound.conftest import Story, asend, compose, publish_key
 
 QUOTED = (
@@ -132,21 +133,21 @@ async def test_out_of_office_answer_is_not_filed_or_answered(story, smtp, dns_se
 async def test_automated_mail_is_capped_per_sender_per_day(
     make_intake, story, dns_server, with_config
 ):
-    from gateway.inbound.auth import Envelope
+    from gateway.inbound.auth import ReceivedEnvelope
     from gateway.inbound.routing import resolve_recipient
 
     services = with_config(story.services, inbound={"max_automated_per_day": 2})
     intake = make_intake(services)
     to = await story.reply_address()
     async with services.sessions() as s:
-        target = await resolve_recipient(s, to, services.clock.now())
+        target = await resolve_recipient(s, ROUTING, to, services.clock.now())
     assert target is not None
     for i in range(4):
         raw = compose(
             sender="pat@example.org", to=to, body=f"away {i}", headers={"X-Autoreply": "yes"}
         )
         await intake.receive(
-            raw, source="smtp", targets=[target], envelope=Envelope("pat@example.org")
+            raw, source="smtp", targets=[target], envelope=ReceivedEnvelope("pat@example.org")
         )
         await intake.drain()
     async with services.sessions() as s:

@@ -16,6 +16,7 @@ from gateway.groupcommit import GroupCommitter
 from gateway.inbound.intake import Intake
 from gateway.inbound.smtp import SmtpPart
 from gateway.models import InboundMessage
+from handlers import ROUTING
 from tests.inbound.conftest import Story, asend, compose
 
 
@@ -100,7 +101,7 @@ async def test_oversized_message_gets_552(story, smtp, inbound_services):
             smtp=dataclasses.replace(inbound_services.config.smtp, max_message_bytes=2000),
         ),
     )
-    part = SmtpPart(small, Intake(small))
+    part = SmtpPart(small, Intake(small, ROUTING))
     await part.start()
     try:
         to = f"postmaster@{story.clinic.reply_domain}"
@@ -191,7 +192,7 @@ async def test_starttls_command_injection_has_no_effect(story, inbound_services,
             cfg, smtp=dataclasses.replace(cfg.smtp, tls_cert=cert, tls_key=key)
         ),
     )
-    part = SmtpPart(svc, Intake(svc))
+    part = SmtpPart(svc, Intake(svc, ROUTING))
     await part.start()
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", part.port)
@@ -226,7 +227,7 @@ async def test_connection_cap_per_ip(story, inbound_services):
             cfg, smtp=dataclasses.replace(cfg.smtp, max_connections_per_ip=2)
         ),
     )
-    part = SmtpPart(svc, Intake(svc))
+    part = SmtpPart(svc, Intake(svc, ROUTING))
     await part.start()
     try:
         held = []
@@ -314,7 +315,7 @@ async def test_oversized_header_block_is_refused_and_counted(story, inbound_serv
             cfg, inbound=dataclasses.replace(cfg.inbound, max_header_bytes=1024)
         ),
     )
-    part = SmtpPart(svc, Intake(svc))
+    part = SmtpPart(svc, Intake(svc, ROUTING))
     await part.start()
     try:
         to = f"postmaster@{story.clinic.reply_domain}"

@@ -35,13 +35,14 @@ from gateway import tokens
 from gateway.addresses import validate_address
 from gateway.errors import InvalidAddressError
 from gateway.inbound.intake import Intake, Refused
+from gateway.inbound.parsing import new_text
 from gateway.inbound.routing import Target, resolve_recipient
 from gateway.models import InboundMessage, QuarantineItem
 from gateway.outbound import headers
 from gateway.outbound.render import EmailContext, Renderer
 from gateway.outbound.transport import DeliveryError, OutboundEnvelope, SmtpTransport
 from gateway.services import Services
-from handlers.reply import new_text
+from handlers import ROUTING
 from tests.reliability.sink import Sink
 from tests.reliability.stories import ReplyWorld, reply_world
 from tests.reliability.strategies import hostile_address, hostile_mail, hostile_text
@@ -85,7 +86,7 @@ class Targets:
                 address = f"reply+{tok.value}@{rw.clinic.reply_domain}"
             else:
                 address = f"postmaster@{rw.clinic.reply_domain}"
-            target = await resolve_recipient(s, address, now)
+            target = await resolve_recipient(s, ROUTING, address, now)
         assert target is not None
         return target
 
@@ -97,7 +98,7 @@ async def targets(rservices: Services, world) -> Targets:  # type: ignore[no-unt
 
 async def _end_state(services: Services, raw: bytes, target: Target) -> list[str]:
     """Run one message through the intake; the end state of each stored row, or refused."""
-    intake = Intake(services)
+    intake = Intake(services, ROUTING)
     try:
         outcome = await asyncio.wait_for(
             intake.receive(raw, source="smtp", targets=[target], process=False),
