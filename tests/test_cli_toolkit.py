@@ -18,8 +18,9 @@ from gateway.careteam import cli as careteam_cli
 from gateway.inbound import cli as inbound_cli
 from gateway.outbound import cli as outbound_cli
 from gateway.portal import cli as portal_cli
+from tests.support.imports import ROOT, cycles, module_name
+from tests.support.imports import imports_of as support_imports_of
 
-ROOT = Path(__file__).resolve().parent.parent
 GATEWAY = ROOT / "gateway"
 AREA_CLIS = sorted(GATEWAY.glob("*/cli.py"))
 AREAS = ("admin", "careteam", "inbound", "outbound", "portal", "web")
@@ -27,27 +28,8 @@ AREAS = ("admin", "careteam", "inbound", "outbound", "portal", "web")
 TOOLKIT_NAMES = {"JsonOpt", "_run", "_emit", "run_with_services", "emit", "get_config"}
 
 
-def module_name(path: Path) -> str:
-    parts = path.relative_to(ROOT).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
 def imports_of(path: Path) -> set[str]:
-    """Every module ``path`` imports, anywhere in it; ``from a import b`` counts as a and a.b."""
-    name = module_name(path)
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join([*parent, *([node.module] if node.module else [])])
-            found.add(base)
-            found.update(f"{base}.{alias.name}" for alias in node.names)
-    return found
+    return {name for _, name in support_imports_of(path)}
 
 
 def test_the_area_clis_are_the_ones_this_file_knows() -> None:
@@ -102,12 +84,7 @@ def test_the_toolkit_imports_no_area() -> None:
 def test_the_cli_modules_import_one_another_without_a_cycle() -> None:
     paths = [GATEWAY / "cli.py", GATEWAY / "clitools.py", *AREA_CLIS]
     names = {module_name(p) for p in paths}
-    graph = {module_name(p): imports_of(p) & names for p in paths}
-
-    def reaches(start: str, goal: str, seen: set[str]) -> bool:
-        return any(nxt == goal or reaches(nxt, goal, seen | {nxt}) for nxt in graph[start] - seen)
-
-    assert [m for m in graph if reaches(m, m, set())] == []
+    assert cycles({module_name(p): imports_of(p) & names for p in paths}) == []
 
 
 def test_the_root_mounts_every_area_app_and_only_those_besides_its_own() -> None:

@@ -59,7 +59,7 @@ async def test_every_caller_gets_the_same_servers_and_timeout(
     cfg = make_config(dns={"nameservers": ["192.0.2.1", "192.0.2.2:5353"], "timeout_seconds": 1.5})
     transport = SmtpTransport(cfg)
     outbound = transport._resolver
-    inbound = dnsresolve.make_resolver(cfg.dns)
+    inbound = blocking_resolver(cfg.dns)  # what the inbound DKIM and SPF checks use
     admin = async_resolver(cfg.dns)  # what gateway/admin/dnsrecords.check_records builds
     want = [("192.0.2.1", 53), ("192.0.2.2", 5353)]
     for resolver in (outbound, inbound, admin):

@@ -26,6 +26,7 @@ import spf
 from publicsuffixlist import PublicSuffixList
 
 from gateway.config import Config
+from gateway.dns import blocking_resolver
 from gateway.inbound import dnsresolve
 
 log = logging.getLogger("carebridge.inbound.auth")
@@ -173,7 +174,7 @@ def evaluate(
     cfg: Config, raw: bytes, msg: EmailMessage, from_domain: str, envelope: ReceivedEnvelope
 ) -> AuthVerdict:
     """Run every check (blocking: DNS and RSA). Call it in a worker thread."""
-    res = dnsresolve.make_resolver(cfg.dns)
+    res = blocking_resolver(cfg.dns)
     dkim_result, dkim_domains = _check_dkim(raw, dnsresolve.dkim_dnsfunc(res))
     with dnsresolve.spf_resolver(res):
         spf_result, spf_domain = _check_spf(envelope)

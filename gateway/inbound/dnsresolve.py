@@ -18,14 +18,6 @@ import dns.exception
 import dns.resolver
 import spf
 
-from gateway.config import DnsConfig
-from gateway.dns import blocking_resolver
-
-
-def make_resolver(cfg: DnsConfig) -> dns.resolver.Resolver:
-    """The blocking resolver on ``[dns] nameservers`` (see gateway/dns.py for the rules)."""
-    return blocking_resolver(cfg)
-
 
 class DnsTempError(Exception):
     """The nameserver did not answer in time: the verdict is 'temperror', not 'fail'."""

@@ -10,7 +10,7 @@ from gateway.careteam import threads
 from gateway.inbound.routing import resolve_recipient
 from gateway.models import InboundMessage
 from handlers import ROUTING
-from tests.inbound.conftest import compose
+from tests.inbound.helpers import compose
 
 HEADER = "{id}; dkim=pass header.d=example.org header.s=s1; spf=none smtp.mailfrom=example.org"
 

@@ -15,7 +15,7 @@ from gateway.inbound.routing import resolve_recipient
 from gateway.models import InboundMessage, Notification, Patient, Pool, PoolMember
 from gateway.outbound.notify import Kind, Notice, enqueue
 from handlers import ROUTING
-from tests.inbound.conftest import Story, asend, compose
+from tests.inbound.helpers import Story, asend, compose
 
 SAMPLES = Path(__file__).parent / "bounces"
 EXPECTED = {

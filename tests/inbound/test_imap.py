@@ -23,7 +23,7 @@ from gateway.config import ImapConfig
 from gateway.inbound.imap import ImapPart, ImapPoller
 from gateway.models import ImapMailboxState, InboundMessage
 from gateway.services import Services
-from tests.inbound.conftest import Story, compose, publish_key
+from tests.inbound.helpers import Story, compose, publish_key
 
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
 pytestmark = pytest.mark.skipif(

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import logging
 
-from tests.conftest import CANARY_TEXT
-from tests.inbound.conftest import asend, compose, publish_key
+from tests.inbound.helpers import asend, compose, publish_key
+from tests.support.canaries import CANARY_TEXT
 
 
 async def test_inbound_logs_and_metrics_hold_no_phi(story, smtp, dns_server, caplog):

@@ -12,7 +12,7 @@ from gateway.inbound.processing import MAX_ATTEMPTS, Prepared, apply_one
 from gateway.inbound.routing import Target
 from gateway.models import InboundMessage, QuarantineItem, Thread
 from handlers import ROUTING
-from tests.inbound.conftest import Story, compose
+from tests.inbound.helpers import Story, compose
 
 
 class Exploding:

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from gateway.careteam import threads
 from gateway.cli import main
 from gateway.models import AuditEvent, InboundMessage, QuarantineItem
-from tests.inbound.conftest import Story, asend, compose, publish_key
+from tests.inbound.helpers import Story, asend, compose, publish_key
 
 
 def _config_file(story: Story, tmp_path: Path, dns_port: int) -> Path:

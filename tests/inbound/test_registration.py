@@ -7,7 +7,7 @@ from sqlalchemy import select
 
 from gateway.models import InboundMessage, Patient, QuarantineItem
 from gateway.portal import terms
-from tests.inbound.conftest import Story, asend, compose, publish_key
+from tests.inbound.helpers import Story, asend, compose, publish_key
 
 INVITATION_QUOTE = (
     "\n\nOn Mon, Mar 2, 2026 at 9:00 AM Riverside Family Clinic wrote:\n"

@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from gateway.careteam import threads
 from gateway.models import InboundMessage, Notification, QuarantineItem
 from handlers import ROUTING
-from tests.inbound.conftest import Story, asend, compose, publish_key
+from tests.inbound.helpers import Story, asend, compose, publish_key
 
 QUOTED = (
     "Thanks, the new dose is working well.\n\n"

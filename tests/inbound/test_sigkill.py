@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import select
 
 from gateway.models import InboundMessage
-from tests.inbound.conftest import Story, compose
+from tests.inbound.helpers import Story, compose
 
 # Timing-bound: scripts/test runs these alone, after the parallel part.
 pytestmark = pytest.mark.serial

@@ -17,7 +17,7 @@ from gateway.inbound.intake import Intake
 from gateway.inbound.smtp import SmtpPart
 from gateway.models import InboundMessage
 from handlers import ROUTING
-from tests.inbound.conftest import Story, asend, compose
+from tests.inbound.helpers import Story, asend, compose
 
 
 async def _rows(story: Story) -> list[InboundMessage]:

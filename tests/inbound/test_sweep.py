@@ -13,8 +13,8 @@ from sqlalchemy import func, select
 from gateway.inbound import intake as intake_module
 from gateway.inbound.routing import Target
 from gateway.models import AuditEvent, InboundMessage
-from tests.conftest import FakeClock
-from tests.inbound.conftest import Story, compose
+from tests.inbound.helpers import Story, compose
+from tests.support.world import FakeClock
 
 
 async def _store(story: Story, intake, n: int, tag: str) -> list[str]:
