@@ -1,7 +1,8 @@
 """Translations (en, es) for emails and pages.
 
 Catalogs are plain ``.po`` files under ``templates/locale/<lang>/`` (one per area, merged at
-load), compiled in memory with babel at start-up: nothing generated is committed.
+load; the directory is :func:`gateway.templating.templates_dir`'s), compiled in memory with
+babel at start-up: nothing generated is committed.
 """
 
 from __future__ import annotations
@@ -12,10 +13,9 @@ from pathlib import Path
 from babel.messages.pofile import read_po
 from babel.support import NullTranslations, Translations
 
-from gateway.templating import TEMPLATES_DIR
+from gateway.templating import templates_dir
 
 LANGUAGES = ("en", "es")
-LOCALE_DIR = TEMPLATES_DIR / "locale"
 
 
 @cache
@@ -24,7 +24,7 @@ def translations(lang: str) -> NullTranslations:
     if lang not in LANGUAGES or lang == "en":
         return NullTranslations()
     merged = Translations()
-    for po in sorted((LOCALE_DIR / lang).glob("*.po")):
+    for po in sorted((templates_dir() / "locale" / lang).glob("*.po")):
         merged.merge(_compile(po))
     return merged
 

@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from gateway.admin import clinics
 from gateway.careteam import staff
+from gateway.errors import CarebridgeError
 from gateway.models import Clinic
 from gateway.outbound import dkim
 from gateway.portal import invitations, patients
@@ -92,4 +93,10 @@ async def _deliver_now(services: Services, notification_id: str) -> list[str]:
     finally:
         await part.transport.close()
     path = services.config.path(directory) / f"{notification_id}.eml"
+    if not path.is_file():
+        # Said outright: a demo that claims an email it never wrote sends the user hunting.
+        raise CarebridgeError(
+            f"the registration email was not written to {path}: its delivery failed "
+            "(see the log above and 'carebridge queue status')"
+        )
     return [f"registration email written to {path} (open it to finish registering)"]

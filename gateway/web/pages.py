@@ -19,13 +19,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.i18n import LANGUAGES, gettext_for
 from gateway.portal import accounts
-from gateway.templating import TEMPLATES_DIR
+from gateway.templating import templates_dir
 from gateway.web import sessions
 from gateway.web.deps import services_of
 
 router = APIRouter(include_in_schema=False)
 
-STYLESHEET = TEMPLATES_DIR / "web" / "static" / "carebridge.css"
 _LANG_MAX_AGE = 365 * 24 * 3600
 
 
@@ -102,7 +101,8 @@ async def html_errors(request: Request, exc: Exception) -> Response:
 @router.get("/static/carebridge.css")
 async def stylesheet() -> FileResponse:
     return FileResponse(
-        STYLESHEET, media_type="text/css", headers={"cache-control": "public, max-age=3600"}
+        templates_dir() / "web" / "static" / "carebridge.css",
+        media_type="text/css", headers={"cache-control": "public, max-age=3600"}
     )
 
 

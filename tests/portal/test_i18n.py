@@ -9,15 +9,15 @@ from babel.messages.pofile import read_po
 from jinja2.ext import babel_extract
 
 from gateway.services import Services
-from gateway.templating import TEMPLATES_DIR
+from gateway.templating import templates_dir
 from tests.portal.helpers import active_patient, patient_sign_in
 from tests.support.world import World
 
 PORTAL_TEMPLATES = [
-    TEMPLATES_DIR / "web" / "base.html.j2",
-    TEMPLATES_DIR / "web" / "staff-login.html.j2",
-    TEMPLATES_DIR / "web" / "error.html.j2",
-    *sorted((TEMPLATES_DIR / "web" / "portal").rglob("*.j2")),
+    templates_dir() / "web" / "base.html.j2",
+    templates_dir() / "web" / "staff-login.html.j2",
+    templates_dir() / "web" / "error.html.j2",
+    *sorted((templates_dir() / "web" / "portal").rglob("*.j2")),
 ]
 
 
@@ -33,7 +33,7 @@ def msgids(path: Path) -> list[str]:
 
 
 def test_every_portal_string_is_translated_to_spanish() -> None:
-    with (TEMPLATES_DIR / "locale" / "es" / "portal.po").open("rb") as fh:
+    with (templates_dir() / "locale" / "es" / "portal.po").open("rb") as fh:
         catalog = read_po(fh)
     missing = []
     for path in PORTAL_TEMPLATES:
