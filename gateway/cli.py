@@ -194,7 +194,13 @@ def demo(
     async def go() -> None:
         services = await open_services(cfg, keyring=load_keyring(path))
         try:
-            for line in await demo_mod.seed(services):
+            try:
+                lines = await demo_mod.seed(services)
+            except demo_mod.EmailNotWritten as exc:
+                for line in exc.seeded:  # what was made, then the one-line error
+                    typer.echo(line)
+                raise
+            for line in lines:
                 typer.echo(line)
             if not no_serve:
                 from gateway.serve import serve_forever  # heavy: see serve() above

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import secrets
 from datetime import date
+from pathlib import Path
 
 from sqlalchemy import select
 
@@ -19,6 +20,19 @@ from gateway.portal import invitations, patients
 from gateway.services import Services
 
 DEMO_CLINIC = "riverside"
+
+
+class EmailNotWritten(CarebridgeError):
+    """The registration email is not where the demo would say it is; ``seeded`` is what was
+    made before (shown anyway: the demo password is printed only once)."""
+
+    def __init__(self, path: Path, seeded: list[str] | None = None) -> None:
+        self.path = path
+        self.seeded = seeded or []
+        super().__init__(
+            f"the registration email was not written to {path}: its delivery failed "
+            "(see the log above and 'carebridge queue status')"
+        )
 
 
 async def seed(services: Services) -> list[str]:
@@ -75,7 +89,10 @@ async def seed(services: Services) -> list[str]:
             f"desk@riverside.example, password {password}",
             f"demo patient {result.patient.id} enrolled",
         ]
-    lines += await _deliver_now(services, invitation.id)
+    try:
+        lines += await _deliver_now(services, invitation.id)
+    except EmailNotWritten as exc:
+        raise EmailNotWritten(exc.path, lines) from None
     return lines
 
 
@@ -95,8 +112,5 @@ async def _deliver_now(services: Services, notification_id: str) -> list[str]:
     path = services.config.path(directory) / f"{notification_id}.eml"
     if not path.is_file():
         # Said outright: a demo that claims an email it never wrote sends the user hunting.
-        raise CarebridgeError(
-            f"the registration email was not written to {path}: its delivery failed "
-            "(see the log above and 'carebridge queue status')"
-        )
+        raise EmailNotWritten(path)
     return [f"registration email written to {path} (open it to finish registering)"]

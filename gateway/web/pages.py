@@ -102,7 +102,8 @@ async def html_errors(request: Request, exc: Exception) -> Response:
 async def stylesheet() -> FileResponse:
     return FileResponse(
         templates_dir() / "web" / "static" / "carebridge.css",
-        media_type="text/css", headers={"cache-control": "public, max-age=3600"}
+        media_type="text/css",
+        headers={"cache-control": "public, max-age=3600"},
     )
 
 

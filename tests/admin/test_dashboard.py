@@ -9,9 +9,12 @@ PHI may appear in a page, a metric label or a deferral reason.
 from __future__ import annotations
 
 import json
+import shutil
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
+import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select, update
 
@@ -21,6 +24,8 @@ from gateway.models import AuditEvent, Clinic, Patient, Thread
 from gateway.outbound import notify
 from gateway.outbound.notify import Kind, Notice
 from gateway.services import Services
+from gateway.templating import build_environment, templates_dir
+from gateway.web.app import create_app
 from tests.admin.helpers import Cli, post_page, sign_in
 from tests.support.canaries import CANARY_EMAIL, CANARY_FAMILY, CANARY_GIVEN, CANARY_TEXT
 from tests.support.world import FakeClock, World
@@ -242,12 +247,53 @@ async def test_readiness_needs_database_keys_and_smtp(services: Services, with_c
     r = await client.get("/readyz")
     assert r.status_code == 200 and r.json()["checks"] == {
         "keys": True,
+        "templates": True,
         "database": True,
         "smtp": True,
     }
     services.ready["smtp"] = False  # the intake stopped: the node leaves the load balancer
     assert (await client.get("/readyz")).status_code == 503
     assert (await client.get("/healthz")).status_code == 200
+
+
+async def _readyz(app: Any) -> httpx.Response:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        return await client.get("/readyz")
+
+
+async def test_not_ready_without_templates(services: Services, tmp_path: Path) -> None:
+    """A node installed without its templates (every page and email would fail) is unready."""
+    services.ready["smtp"] = True
+    app = create_app(services)
+    assert (await _readyz(app)).status_code == 200
+    app.state.templates = build_environment(tmp_path / "empty")
+    r = await _readyz(app)
+    assert r.status_code == 503 and r.json()["ready"] is False
+    assert r.json()["checks"] == {"keys": True, "templates": False, "database": True, "smtp": True}
+
+
+async def test_templates_removed_after_a_good_probe_make_the_node_unready(
+    services: Services, tmp_path: Path
+) -> None:
+    """The first probe compiles and caches the templates; a later probe still notices them
+    gone (a package upgraded or removed under a running node)."""
+    services.ready["smtp"] = True
+    copy = tmp_path / "templates"
+    shutil.copytree(templates_dir(), copy)
+    app = create_app(services)
+    app.state.templates = build_environment(copy)
+    for _ in range(3):
+        assert (await _readyz(app)).status_code == 200
+    (copy / "email" / "base.html.j2").unlink()
+    r = await _readyz(app)
+    assert r.status_code == 503 and r.json()["checks"]["templates"] is False
+    # Broken, not missing: a template that no longer compiles fails the check too.
+    shutil.copy(templates_dir() / "email" / "base.html.j2", copy / "email" / "base.html.j2")
+    assert (await _readyz(app)).status_code == 200
+    (copy / "web" / "base.html.j2").write_text("{% block unclosed %}")
+    r = await _readyz(app)
+    assert r.status_code == 503 and r.json()["checks"]["templates"] is False
 
 
 async def test_daily_series_counts_latency_and_bounce_rate(
