@@ -19,6 +19,8 @@ limit, never the value that broke it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,6 +30,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.web.problems import MEDIA_TYPE, TYPE_BASE
 
 COOKIES_STATE = "cb_cookies"
+# How much of a refused body is read and thrown away so the client sees the 413.
+DRAIN_BYTES = 16 * 1024 * 1024
+DRAIN_SECONDS = 5.0
 # A cookie value may hold a few escaped characters; nothing we set holds any backslash.
 MAX_BACKSLASH_RUN = 8
 _TOKEN_CHARS = frozenset(
@@ -142,10 +147,33 @@ def _problem(
     return headers, body
 
 
-async def _refuse(send: Send, status: int, slug: str, title: str, detail: str) -> None:
+async def _refuse(
+    send: Send, status: int, slug: str, title: str, detail: str, drain: Receive | None = None
+) -> None:
     headers, body = _problem(status, slug, title, detail)
     await send({"type": "http.response.start", "status": status, "headers": headers})
+    if drain is not None:
+        await _drain(drain)
     await send({"type": "http.response.body", "body": body})
+
+
+async def _drain(receive: Receive) -> None:
+    """Read and discard what the client is still sending, a little while, then give up.
+
+    A client that sends its whole body before reading (most do, without Expect: 100-continue)
+    would otherwise see the connection reset instead of our 413. Nothing is kept, so memory
+    stays flat; past DRAIN_BYTES or DRAIN_SECONDS the connection is simply closed.
+    """
+    drained = 0
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(DRAIN_SECONDS):
+            while drained < DRAIN_BYTES:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return
+                drained += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    return
 
 
 class InputLimits:
@@ -230,7 +258,11 @@ class InputLimits:
                 )
                 return
             if int(declared) > limit:
-                await _refuse(send, 413, "too-large", "Content too large", _too_large(limit))
+                small = int(declared) <= DRAIN_BYTES
+                await _refuse(
+                    send, 413, "too-large", "Content too large", _too_large(limit),
+                    drain=receive if small else None,
+                )  # fmt: skip
                 return
         await self._bounded(scope, receive, send, limit)
 
@@ -251,8 +283,9 @@ class InputLimits:
                     refused = True
                     if not started:
                         answered = True
+                        drain = receive if message.get("more_body", False) else None
                         await _refuse(
-                            send, 413, "too-large", "Content too large", _too_large(limit)
+                            send, 413, "too-large", "Content too large", _too_large(limit), drain
                         )
                     # The app sees the client go away; what it answers is dropped below.
                     return {"type": "http.disconnect"}
