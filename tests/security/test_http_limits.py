@@ -16,10 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.services import Services
 from gateway.serve import WebPart
+from gateway.services import Services
 from gateway.web.limits import CookieRefused, parse_cookies
-
 
 BACKSLASH_COOKIE = 'a="' + "\\" * 15_000
 
