@@ -59,6 +59,16 @@ class WebConfig:
     # Online enrolment answers no sooner than this, so its timing cannot tell an existing
     # account (little work) from a new one (enrolment + invitation).
     enrol_min_answer_ms: int = 300
+    # Input limits, checked before anything else reads a request (gateway/web/limits.py).
+    max_header_bytes: int = 16 * 1024
+    max_headers: int = 100
+    max_json_bytes: int = 1024 * 1024
+    max_form_bytes: int = 256 * 1024
+    # /metrics: with a token file, only "Authorization: Bearer <its content>" is answered;
+    # with metrics_listen, it is served on that address only (not on the web port); with
+    # neither, only loopback clients of the web port get it.
+    metrics_token_file: str = ""
+    metrics_listen: str = ""
 
 
 @dataclass(frozen=True)
@@ -271,6 +281,18 @@ def _validate(cfg: Config) -> None:
         )
     _check_host_port("smtp.listen", cfg.smtp.listen)
     _check_host_port("web.listen", cfg.web.listen)
+    if cfg.web.metrics_listen:
+        _check_host_port("web.metrics_listen", cfg.web.metrics_listen)
+        if cfg.web.metrics_listen == cfg.web.listen:
+            raise ConfigError("web.metrics_listen", "must differ from web.listen")
+    for key, floor in (
+        ("max_header_bytes", 4096),
+        ("max_headers", 20),
+        ("max_json_bytes", 1024),
+        ("max_form_bytes", 1024),
+    ):
+        if getattr(cfg.web, key) < floor:
+            raise ConfigError(f"web.{key}", f"must be at least {floor}")
     if cfg.delivery.relay:
         _check_host_port("delivery.relay", cfg.delivery.relay)
     if not cfg.web.base_url.startswith(("http://", "https://")):

@@ -162,8 +162,11 @@ def load_keyring(path: Path) -> KeyRing:
 
 
 def write_keyring(path: Path, ring: KeyRing) -> None:
-    """Write atomically with mode 0600: a crash never leaves a half-written key file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write atomically with mode 0600: a crash never leaves a half-written key file.
+
+    A directory created for it is 0700 (an existing one is left as the operator made it).
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:

@@ -7,7 +7,9 @@ commit survive power loss, which is what "250 only after a durable commit" needs
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,29 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def _private_sqlite_file(path: Path) -> None:
+    """Create the database file 0600 (in a 0700 directory if we create it) before SQLite does.
+
+    SQLite creates its -wal and -shm files with the database file's permissions, so this one
+    file decides who can read the store, its write-ahead log and its shared memory. A file
+    left group- or world-readable by an older version is tightened.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        mode = os.fstat(fd).st_mode & 0o777
+        if mode & 0o077:
+            os.fchmod(fd, 0o600)
+            log.warning("database file was mode %o; now 0600", mode)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm", "-journal"):
+        side = path.with_name(path.name + suffix)
+        with contextlib.suppress(FileNotFoundError):
+            if side.stat().st_mode & 0o077:
+                side.chmod(0o600)
+
+
 def _sqlite_begin(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
@@ -56,9 +81,9 @@ def create_engine(
     """Create the async engine; ``keyring`` may be None only for schema-only work."""
     kwargs: dict[str, Any] = {"echo": echo}
     if url.startswith("sqlite"):
-        path = url.split(":///", 1)[-1]
+        path = url.split(":///", 1)[-1].split("?", 1)[0]
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            _private_sqlite_file(Path(path))
     else:
         kwargs.update(pool_size=pool_size, max_overflow=pool_size * 2, pool_pre_ping=True)
     engine = create_async_engine(url, **kwargs)

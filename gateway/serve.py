@@ -15,9 +15,11 @@ import signal
 from collections.abc import Iterator
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from gateway.services import Part, Services
 from gateway.web.app import create_app
+from gateway.web.metrics import create_metrics_app
 
 log = logging.getLogger("carebridge.serve")
 
@@ -29,40 +31,79 @@ class _Server(uvicorn.Server):
         yield
 
 
+def _uvicorn_config(app: ASGIApp, listen: str, max_header_bytes: int) -> uvicorn.Config:
+    host, _, port = listen.rpartition(":")
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=int(port),
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        server_header=False,
+        # h11, not httptools: h11 refuses a request head (request line and headers) larger
+        # than this before the app sees it; gateway/web/limits.py then checks each header.
+        http="h11",
+        h11_max_incomplete_event_size=max_header_bytes + 8 * 1024,
+        timeout_keep_alive=5,
+    )
+
+
 class WebPart:
     name = "web"
 
     def __init__(self, services: Services) -> None:
-        host, _, port = services.config.web.listen.rpartition(":")
-        config = uvicorn.Config(
-            create_app(services),
-            host=host,
-            port=int(port),
-            log_config=None,
-            access_log=False,
-            lifespan="off",
-            server_header=False,
+        web = services.config.web
+        self.server = _Server(
+            _uvicorn_config(create_app(services), web.listen, web.max_header_bytes)
         )
-        self.server = _Server(config)
-        self._task: asyncio.Task[None] | None = None
+        # [web] metrics_listen: /metrics on an address of its own (and not on the web port).
+        self.metrics_server = (
+            _Server(
+                _uvicorn_config(
+                    create_metrics_app(services), web.metrics_listen, web.max_header_bytes
+                )
+            )
+            if web.metrics_listen
+            else None
+        )
+        self._tasks: list[asyncio.Task[None]] = []
 
     @property
     def port(self) -> int:
         sock = self.server.servers[0].sockets[0]
         return int(sock.getsockname()[1])
 
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self.server.serve())
-        while not self.server.started:
-            if self._task.done():
-                self._task.result()
-                raise RuntimeError("web server stopped during start-up")
-            await asyncio.sleep(0.01)
+    @property
+    def metrics_port(self) -> int | None:
+        if self.metrics_server is None:
+            return None
+        return int(self.metrics_server.servers[0].sockets[0].getsockname()[1])
 
-    async def stop(self) -> None:
-        self.server.should_exit = True
-        if self._task is not None:
-            await self._task
+    async def start(self) -> None:
+        try:
+            for server in (self.server, self.metrics_server):
+                if server is None:
+                    continue
+                task = asyncio.create_task(server.serve())
+                self._tasks.append(task)
+                while not server.started:
+                    if task.done():
+                        task.result()
+                        raise RuntimeError("web server stopped during start-up")
+                    await asyncio.sleep(0.01)
+        except BaseException:
+            await self.stop(raise_errors=False)
+            raise
+
+    async def stop(self, *, raise_errors: bool = True) -> None:
+        for server in (self.server, self.metrics_server):
+            if server is not None:
+                server.should_exit = True
+        results = await asyncio.gather(*self._tasks, return_exceptions=True)
+        for result in results:
+            if raise_errors and isinstance(result, BaseException):
+                raise result
 
 
 def build_parts(services: Services) -> list[Part]:

@@ -28,6 +28,11 @@ class Policy:
 
 
 SIGN_IN = Policy("signin", 5, timedelta(minutes=15), timedelta(minutes=1), timedelta(hours=1))
+# Failed sign-ins from one client address, whichever accounts they try: one address trying
+# many accounts (password spraying) is slowed even though each account sees few failures.
+SIGN_IN_CLIENT = Policy(
+    "signin-ip", 20, timedelta(minutes=15), timedelta(minutes=1), timedelta(hours=1)
+)
 ENROL = Policy("enrol", 5, timedelta(hours=1), timedelta(minutes=15), timedelta(hours=6))
 ENROL_CLIENT = Policy("enrol-ip", 20, timedelta(hours=1), timedelta(minutes=15), timedelta(hours=6))
 RESET = Policy("reset", 3, timedelta(hours=1), timedelta(minutes=15), timedelta(hours=6))

@@ -63,6 +63,8 @@ class Staff(Base):
     role: Mapped[str] = mapped_column(String(20))
     password_hash: Mapped[str] = mapped_column(String(200), default="")
     totp_secret: Mapped[str | None] = mapped_column(EncryptedText("staff.totp_secret"))
+    # The last TOTP time step accepted: a code is good once, not again within its window.
+    totp_last_step: Mapped[int | None] = mapped_column(Integer)
     preferences: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     failed_logins: Mapped[int] = mapped_column(Integer, default=0)

@@ -42,6 +42,8 @@ class Patient(Base):
     terms_agreed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     password_hash: Mapped[str] = mapped_column(String(200), default="")
     totp_secret: Mapped[str | None] = mapped_column(EncryptedText("patient.totp_secret"))
+    # The last TOTP time step accepted: a code is good once, not again within its window.
+    totp_last_step: Mapped[int | None] = mapped_column(Integer)
     # ok, soft, hard, policy: set from bounces
     deliverability: Mapped[str] = mapped_column(String(16), default="ok")
     notification_prefs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

@@ -4,9 +4,11 @@ Patients and staff sign in the same way (password, then a TOTP code when one is 
 this one module serves both; the web layer (:mod:`gateway.web.sessions`) only carries the
 session id in a signed cookie and calls these functions.
 
-* Sign-in counts failures per typed address (a blind index), locks with exponential backoff
-  whether or not the account exists, and audits every attempt. The refusal never says whether
-  an account exists.
+* Sign-in counts failures per typed address and per client address (blind indexes), locks
+  with exponential backoff whether or not the account exists, and audits every attempt. The
+  refusal never says whether an account exists.
+* A TOTP code is accepted once: the time step it belongs to is stored, and a code of that
+  step or an earlier one is refused afterwards.
 * A session is a ``web_session`` row found by the SHA-256 of its random id, so sign-out and
   timeouts really end it and a database copy holds no usable session. It ends at an absolute
   timeout and after an idle one; patients and staff are separate principals.
@@ -15,6 +17,7 @@ session id in a signed cookie and calls these functions.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import secrets
 from dataclasses import dataclass
@@ -82,18 +85,46 @@ def _minutes(until: datetime, now: datetime) -> int:
     return max(1, int((until - now).total_seconds() + 59) // 60)
 
 
+def _totp_step(secret: str, code: str, now: datetime, last_step: int | None) -> int | None:
+    """The time step ``code`` belongs to (now, or one step either side), if not yet used."""
+    code = code.strip()
+    if not code.isdigit() or len(code) > 10:
+        return None
+    try:
+        totp = pyotp.TOTP(secret)
+        current = totp.timecode(now)
+        for step in (current - 1, current, current + 1):
+            if last_step is not None and step <= last_step:
+                continue
+            if hmac.compare_digest(totp.generate_otp(step), code):
+                return step
+    except (ValueError, TypeError):  # a tampered secret that is not base32
+        return None
+    return None
+
+
 async def authenticate(
-    services: Services, kind: str, email: str, password: str, totp_code: str = ""
+    services: Services,
+    kind: str,
+    email: str,
+    password: str,
+    totp_code: str = "",
+    *,
+    client: str = "",
 ) -> str:
     """Check credentials for a patient or staff member; return the principal id.
 
-    Raises :class:`SignInError` with a message that is the same for an unknown address and a
-    wrong password. Every attempt is audited (ids only).
+    ``client`` is the client's address as the web front end reports it: failures are also
+    counted per address. Raises :class:`SignInError` with a message that is the same for an
+    unknown address and a wrong password. Every attempt is audited (ids only).
     """
     now = services.clock.now()
     key = _throttle_key(services, email)
+    client_key = services.keyring.blind_index(client, "signin-client") if client else ""
     async with services.transaction() as s:
         until = await throttle.locked_until(s, throttle.SIGN_IN, key, now)
+        if until is None and client_key:
+            until = await throttle.locked_until(s, throttle.SIGN_IN_CLIENT, client_key, now)
         if until is not None:
             await audit.record(
                 s, "anonymous", "auth.sign_in_refused", kind, "", at=now, reason="locked"
@@ -110,20 +141,31 @@ async def authenticate(
         account_id = account.id if account is not None else None
         stored = account.password_hash if account is not None else ""
         totp_secret = account.totp_secret if account is not None else None
+        last_step = account.totp_last_step if account is not None else None
         usable = account is not None and (
             account.status != "disabled" if isinstance(account, Patient) else account.active
         )
     ok = await asyncio.to_thread(verify_password, stored or _DUMMY_HASH, password)
     ok = ok and bool(stored) and usable
+    step = None
     if ok and totp_secret:
-        ok = pyotp.TOTP(totp_secret).verify(totp_code.strip(), for_time=now, valid_window=1)
+        step = _totp_step(totp_secret, totp_code, now, last_step)
+        ok = step is not None
     rehashed = (
         await asyncio.to_thread(hash_password, password) if ok and needs_rehash(stored) else None
     )
     async with services.transaction() as s:
         row: Patient | Staff | None = None
         if account_id is not None:
-            row = await s.get(Patient if kind == "patient" else Staff, account_id)
+            # Locked, so two sign-ins racing with the same code cannot both use its step.
+            row = await s.get(
+                Patient if kind == "patient" else Staff, account_id, with_for_update=True
+            )
+        if ok and row is not None and step is not None:
+            if row.totp_last_step is not None and step <= row.totp_last_step:
+                ok = False
+            else:
+                row.totp_last_step = step
         if ok and row is not None:
             await throttle.reset(s, throttle.SIGN_IN, key)
             row.failed_logins, row.locked_until = 0, None
@@ -133,6 +175,10 @@ async def authenticate(
             log.info("sign-in %s %s", kind, row.id)
             return row.id
         until = await throttle.hit(s, throttle.SIGN_IN, key, now)
+        if client_key:
+            client_until = await throttle.hit(s, throttle.SIGN_IN_CLIENT, client_key, now)
+            if client_until is not None and (until is None or client_until > until):
+                until = client_until
         if row is not None:
             row.failed_logins += 1
             row.locked_until = until

@@ -124,6 +124,8 @@ async def complete_registration(
         patient.password_hash = hashed
         if secret:
             patient.totp_secret = secret
+            # The code just typed is used: sign-in will not take it again (accounts.py).
+            patient.totp_last_step = pyotp.TOTP(secret).timecode(now)
         if patient.status == "pending":
             patient.status = "active"
         await audit.record(

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -24,7 +24,7 @@ from gateway.errors import CarebridgeError, NotFoundError
 from gateway.models import Clinic
 from gateway.portal.accounts import Principal
 from gateway.web import charts, sessions
-from gateway.web.deps import services_of
+from gateway.web.deps import ClinicParam, services_of
 from gateway.web.pages import render
 
 router = APIRouter(prefix="/admin", include_in_schema=False)
@@ -80,7 +80,9 @@ def _age(seconds: float | None) -> str:
 
 
 @router.get("", response_class=HTMLResponse)
-async def dashboard_page(request: Request, principal: AdminPrincipal, clinic: str = "") -> Response:
+async def dashboard_page(
+    request: Request, principal: AdminPrincipal, clinic: ClinicParam = ""
+) -> Response:
     services = services_of(request)
     now = services.clock.now()
     async with services.sessions() as s:
@@ -146,14 +148,15 @@ def _parse_day(value: str, field: str) -> datetime | None:
 async def audit_page(
     request: Request,
     principal: AdminPrincipal,
-    clinic: str = "",
-    actor: str = "",
-    action: str = "",
-    object_type: str = "",
-    object_id: str = "",
-    since: str = "",
-    until: str = "",
-    before: int | None = None,
+    clinic: ClinicParam = "",
+    actor: Annotated[str, Query(max_length=80)] = "",
+    action: Annotated[str, Query(max_length=64)] = "",
+    object_type: Annotated[str, Query(max_length=40)] = "",
+    object_id: Annotated[str, Query(max_length=64)] = "",
+    since: Annotated[str, Query(max_length=10)] = "",
+    until: Annotated[str, Query(max_length=10)] = "",
+    # A sequence number from the "older" link; bounded so the database never overflows.
+    before: Annotated[int | None, Query(ge=1, le=2**62)] = None,
 ) -> Response:
     services = services_of(request)
     form = {
@@ -167,7 +170,8 @@ async def audit_page(
     error = None
     try:
         start, end = _parse_day(since, "From"), _parse_day(until, "Until")
-    except ValueError as exc:
+        end = end + timedelta(days=1) if end else None
+    except (ValueError, OverflowError) as exc:
         start = end = None
         error = str(exc)
     f = AuditFilter(
@@ -176,7 +180,7 @@ async def audit_page(
         object_type=form["object_type"],
         object_id=form["object_id"],
         since=start,
-        until=end + timedelta(days=1) if end else None,
+        until=end,
         before_seq=before,
     )
     async with services.sessions() as s:
@@ -238,7 +242,9 @@ async def _domain_page(
 
 
 @router.get("/domains", response_class=HTMLResponse)
-async def domains_page(request: Request, principal: AdminPrincipal, clinic: str = "") -> Response:
+async def domains_page(
+    request: Request, principal: AdminPrincipal, clinic: ClinicParam = ""
+) -> Response:
     async with services_of(request).sessions() as s:
         view = await _view(s, principal, clinic)
     return await _domain_page(request, view)
@@ -334,9 +340,11 @@ async def _item_in_view(request: Request, principal: Principal, item_id: str) ->
 
 @router.get("/quarantine", response_class=HTMLResponse)
 async def quarantine_list(
-    request: Request, principal: AdminPrincipal, clinic: str = "", state: str = "held"
+    request: Request,
+    principal: AdminPrincipal,
+    clinic: ClinicParam = "",
+    state: Literal["held", "released", "discarded"] = "held",
 ) -> Response:
-    state = state if state in ("held", "released", "discarded") else "held"
     async with services_of(request).sessions() as s:
         view = await _view(s, principal, clinic)
         items = await dashboard.quarantine_items(s, view.scope, state=state)

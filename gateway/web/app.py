@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.services import Services
 from gateway.templating import build_environment
 from gateway.web import admin, api, desk, health, metrics, pages, portal, portal_public, staff
+from gateway.web.limits import InputLimits, Limits
 from gateway.web.security import SecurityHeaders
 from gateway.web.sessions import SessionMiddleware
 from gateway.web.unsubscribe import router as unsubscribe_router
@@ -35,6 +37,21 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(staff.router)
     app.mount("/api/v1", api.create_api(services))
     app.add_exception_handler(StarletteHTTPException, pages.html_errors)
+    app.add_exception_handler(RequestValidationError, pages.bad_parameters)
+    setattr(app.state, metrics.BEARER_STATE, metrics.read_token(services))
+    web = services.config.web
     app.add_middleware(SessionMiddleware, services=services)
-    app.add_middleware(SecurityHeaders)
+    app.add_middleware(SecurityHeaders, https=web.base_url.startswith("https://"))
+    # Added last, so it runs first: nothing reads a header, a cookie or the body before it.
+    app.add_middleware(InputLimits, limits=limits_of(services))
     return app
+
+
+def limits_of(services: Services) -> Limits:
+    web = services.config.web
+    return Limits(
+        max_header_bytes=web.max_header_bytes,
+        max_headers=web.max_headers,
+        max_json_bytes=web.max_json_bytes,
+        max_form_bytes=web.max_form_bytes,
+    )

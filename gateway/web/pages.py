@@ -13,7 +13,8 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.exception_handlers import http_exception_handler
-from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from jinja2 import Environment
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -21,7 +22,7 @@ from gateway.i18n import LANGUAGES, gettext_for
 from gateway.portal import accounts
 from gateway.templating import templates_dir
 from gateway.web import sessions
-from gateway.web.deps import services_of
+from gateway.web.deps import ShortParam, TextParam, client_address, services_of
 
 router = APIRouter(include_in_schema=False)
 
@@ -98,6 +99,29 @@ async def html_errors(request: Request, exc: Exception) -> Response:
     return response
 
 
+def parameter_problems(exc: RequestValidationError) -> list[str]:
+    """What was wrong with a request's parameters, naming the parameter, never its value."""
+    out = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ()) if p not in ("query", "path", "body")]
+        rule = str(err.get("msg", "invalid"))
+        out.append(f"{'.'.join(loc) or 'request'}: {rule}")
+    return out
+
+
+async def bad_parameters(request: Request, exc: Exception) -> Response:
+    """A query or path parameter that does not fit its route: 400 with what was wrong.
+
+    FastAPI's default is a 422 JSON echoing the submitted value; pages answer 400 and say
+    which parameter broke which rule, without the value (it may be anything).
+    """
+    assert isinstance(exc, RequestValidationError)
+    problems = parameter_problems(exc)
+    if "text/html" in request.headers.get("accept", ""):
+        return render(request, "error.html.j2", status_code=400, code=400, problems=problems)
+    return JSONResponse({"detail": problems}, status_code=400)
+
+
 @router.get("/static/carebridge.css")
 async def stylesheet() -> FileResponse:
     return FileResponse(
@@ -108,7 +132,7 @@ async def stylesheet() -> FileResponse:
 
 
 @router.get("/lang/{code}")
-async def switch_language(request: Request, code: str, next: str = "/") -> Response:
+async def switch_language(request: Request, code: str, next: TextParam = "/") -> Response:
     """Remember the chosen language in a cookie and go back (works without JavaScript)."""
     services = services_of(request)
     target = sessions.safe_next(next, "/", ("/",))
@@ -122,7 +146,9 @@ async def switch_language(request: Request, code: str, next: str = "/") -> Respo
 
 
 @router.get("/staff/login")
-async def staff_login_form(request: Request, next: str = "", done: str = "") -> HTMLResponse:
+async def staff_login_form(
+    request: Request, next: TextParam = "", done: ShortParam = ""
+) -> HTMLResponse:
     return render(request, "staff-login.html.j2", error=None, next=next, email="", done=done)
 
 
@@ -132,7 +158,9 @@ async def staff_login(request: Request) -> Response:
     email, password = str(form.get("email", "")), str(form.get("password", ""))
     code, nxt = str(form.get("code", "")), str(form.get("next", ""))
     try:
-        staff_id = await accounts.authenticate(services_of(request), "staff", email, password, code)
+        staff_id = await accounts.authenticate(
+            services_of(request), "staff", email, password, code, client=client_address(request)
+        )
     except accounts.SignInError as exc:
         return render(
             request,

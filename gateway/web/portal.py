@@ -20,7 +20,7 @@ from gateway.portal import library, patients, requests, results
 from gateway.portal.accounts import Principal
 from gateway.portal.signup import FormProblem
 from gateway.web import sessions
-from gateway.web.deps import services_of
+from gateway.web.deps import ShortParam, TextParam, services_of
 from gateway.web.pages import language_of, render
 from gateway.web.sessions import require_patient
 
@@ -43,7 +43,9 @@ def _not_found(request: Request, lang: str) -> HTMLResponse:
 
 
 @router.get("/portal")
-async def inbox(request: Request, principal: Principal = Patient, sent: str = "") -> HTMLResponse:
+async def inbox(
+    request: Request, principal: Principal = Patient, sent: ShortParam = ""
+) -> HTMLResponse:
     box = await inbox_mod.inbox(services_of(request), principal.id)
     lang = language_of(request, box.patient.language)
     async with services_of(request).sessions() as s:
@@ -63,7 +65,7 @@ async def inbox(request: Request, principal: Principal = Patient, sent: str = ""
 
 @router.get("/portal/threads/{thread_id}")
 async def thread(
-    request: Request, thread_id: str, principal: Principal = Patient, sent: str = ""
+    request: Request, thread_id: str, principal: Principal = Patient, sent: ShortParam = ""
 ) -> HTMLResponse:
     lang = await _lang(request, principal)
     view = await inbox_mod.read_thread(services_of(request), principal.id, thread_id)
@@ -255,7 +257,10 @@ async def result_view(
 
 @router.get("/portal/library")
 async def library_list(
-    request: Request, principal: Principal = Patient, q: str = "", topic: str = ""
+    request: Request,
+    principal: Principal = Patient,
+    q: TextParam = "",
+    topic: ShortParam = "",
 ) -> HTMLResponse:
     services = services_of(request)
     lang = await _lang(request, principal)
@@ -290,7 +295,7 @@ async def article(request: Request, slug: str, principal: Principal = Patient) -
 
 @router.get("/portal/preferences")
 async def preferences_form(
-    request: Request, principal: Principal = Patient, saved: str = ""
+    request: Request, principal: Principal = Patient, saved: ShortParam = ""
 ) -> HTMLResponse:
     async with services_of(request).sessions() as s:
         patient = await patients.get_patient(s, principal.id)

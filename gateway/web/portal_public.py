@@ -21,7 +21,7 @@ from gateway.portal import accounts, enrolment, signup, terms
 from gateway.portal import reset as reset_mod
 from gateway.portal.signup import FormProblem
 from gateway.web import sessions
-from gateway.web.deps import services_of
+from gateway.web.deps import ShortParam, TextParam, client_address, services_of
 from gateway.web.pages import language_of, render
 
 log = logging.getLogger("carebridge.web.portal")
@@ -38,7 +38,7 @@ def _form_str(form: object, name: str) -> str:
 
 
 @router.get("/portal/login")
-async def login_form(request: Request, next: str = "", done: str = "") -> HTMLResponse:
+async def login_form(request: Request, next: TextParam = "", done: ShortParam = "") -> HTMLResponse:
     return render(request, "portal/login.html.j2", error=None, next=next, email="", done=done)
 
 
@@ -53,6 +53,7 @@ async def login(request: Request) -> Response:
             email,
             _form_str(form, "password"),
             _form_str(form, "code"),
+            client=client_address(request),
         )
     except accounts.SignInError as exc:
         return render(

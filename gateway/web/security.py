@@ -1,4 +1,5 @@
-"""Security headers on every response: no referrer, a strict CSP, no framing, no sniffing."""
+"""Security headers on every response: no referrer, a strict CSP, no framing, no sniffing,
+and HSTS when the gateway is served over https (``[web] base_url``)."""
 
 from __future__ import annotations
 
@@ -16,11 +17,15 @@ HEADERS = [
     (b"cross-origin-opener-policy", b"same-origin"),
     (b"permissions-policy", b"interest-cohort=()"),
 ]
+# Two years, as the HSTS preload list asks; sent only when base_url is https (over plain
+# http a browser ignores it, and a development instance must stay reachable over http).
+HSTS = (b"strict-transport-security", b"max-age=63072000")
 
 
 class SecurityHeaders:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, https: bool = False) -> None:
         self.app = app
+        self.headers = [*HEADERS, HSTS] if https else HEADERS
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -30,7 +35,7 @@ class SecurityHeaders:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 present = {k.lower() for k, _ in message.get("headers", [])}
-                extra = [(k, v) for k, v in HEADERS if k not in present]
+                extra = [(k, v) for k, v in self.headers if k not in present]
                 message["headers"] = [*message.get("headers", []), *extra]
                 if scope["path"].startswith(
                     ("/portal", "/staff", "/admin", "/r/", "/register", "/t/", "/reset/", "/enrol")

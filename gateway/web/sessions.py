@@ -24,13 +24,13 @@ from urllib.parse import quote
 
 from fastapi import HTTPException, Request
 from markupsafe import Markup, escape
-from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.portal import accounts
 from gateway.portal.accounts import Principal
 from gateway.services import Services
 from gateway.web.deps import services_of
+from gateway.web.limits import COOKIES_STATE, CookieRefused, parse_cookies
 
 SESSION_COOKIE = "cb_session"
 PRE_COOKIE = "cb_pre"
@@ -103,9 +103,16 @@ class SessionMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        raw = b"; ".join(v for k, v in scope.get("headers", []) if k == b"cookie")
-        cookies = cookie_parser(raw.decode("latin-1")) if raw else {}
         state: dict[str, Any] = scope.setdefault("state", {})
+        cookies = state.get(COOKIES_STATE)
+        if cookies is None:
+            # Normally parsed (and pathological headers refused) by gateway.web.limits; never
+            # through http.cookies, whose unquoting is quadratic (CVE-2024-7592).
+            raw = b"; ".join(v for k, v in scope.get("headers", []) if k == b"cookie")
+            try:
+                cookies = parse_cookies(raw.decode("latin-1")) if raw else {}
+            except CookieRefused:
+                cookies = {}
         state[_STATE_SID] = unsign(self.services, "session", cookies.get(SESSION_COOKIE))
         state[_STATE_PRE] = unsign(self.services, "pre", cookies.get(PRE_COOKIE))
         state[LANG_COOKIE] = cookies.get(LANG_COOKIE)

@@ -25,7 +25,7 @@ from gateway.models.org import REQUEST_TYPES
 from gateway.portal.accounts import Principal
 from gateway.services import Services
 from gateway.web import sessions
-from gateway.web.deps import services_of
+from gateway.web.deps import ClinicParam, services_of
 from gateway.web.pages import render
 
 router = APIRouter(prefix="/staff", include_in_schema=False)
@@ -63,7 +63,7 @@ async def _thread(s: AsyncSession, me: Staff, thread_id: str) -> Thread:
 
 
 @router.get("", response_class=HTMLResponse)
-async def home(request: Request, principal: AnyStaff, clinic: str = "") -> Response:
+async def home(request: Request, principal: AnyStaff, clinic: ClinicParam = "") -> Response:
     services = services_of(request)
     async with services.transaction() as s:
         me = await _me(s, principal)
@@ -141,7 +141,7 @@ async def _thread_page(
 
 @router.get("/threads/{thread_id}", response_class=HTMLResponse)
 async def thread_page(
-    request: Request, thread_id: str, principal: AnyStaff, quick: str = ""
+    request: Request, thread_id: str, principal: AnyStaff, quick: ClinicParam = ""
 ) -> Response:
     services = services_of(request)
     async with services.transaction() as s:
@@ -265,7 +265,7 @@ async def _setup_page(
 
 
 @router.get("/setup", response_class=HTMLResponse)
-async def setup(request: Request, principal: ClinicAdmin, clinic: str = "") -> Response:
+async def setup(request: Request, principal: ClinicAdmin, clinic: ClinicParam = "") -> Response:
     services = services_of(request)
     async with services.transaction() as s:
         me = await _me(s, principal)

@@ -148,6 +148,10 @@ async def test_registration_with_totp_requires_the_code_at_sign_in(
     login = await client.get("/portal/login")
     creds = {"csrf_token": csrf_of(login.text), "email": CANARY_EMAIL, "password": STRONG}
     assert (await client.post("/portal/login", data=creds)).status_code == 401
+    # The code typed at registration is used up; the authenticator's next code signs in.
+    used = totp.at(clock.now())
+    assert (await client.post("/portal/login", data={**creds, "code": used})).status_code == 401
+    clock.advance(seconds=30)
     r = await client.post("/portal/login", data={**creds, "code": totp.at(clock.now())})
     assert r.status_code == 303 and r.headers["location"] == "/portal"
 

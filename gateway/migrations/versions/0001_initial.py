@@ -2,7 +2,7 @@
 
 Revision ID: 0001_initial
 Revises:
-Create Date: 2026-11-26 16:29:48.551126
+Create Date: 2026-12-01 23:20:36.897517
 """
 
 from __future__ import annotations
@@ -188,6 +188,7 @@ def upgrade() -> None:
         sa.Column("terms_agreed_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("password_hash", sa.String(length=200), nullable=False),
         sa.Column("totp_secret", sa.LargeBinary(), nullable=True),
+        sa.Column("totp_last_step", sa.Integer(), nullable=True),
         sa.Column("deliverability", sa.String(length=16), nullable=False),
         sa.Column("notification_prefs", sa.JSON(), nullable=False),
         sa.Column("failed_logins", sa.Integer(), nullable=False),
@@ -371,6 +372,7 @@ def upgrade() -> None:
         sa.Column("role", sa.String(length=20), nullable=False),
         sa.Column("password_hash", sa.String(length=200), nullable=False),
         sa.Column("totp_secret", sa.LargeBinary(), nullable=True),
+        sa.Column("totp_last_step", sa.Integer(), nullable=True),
         sa.Column("preferences", sa.JSON(), nullable=False),
         sa.Column("active", sa.Boolean(), nullable=False),
         sa.Column("failed_logins", sa.Integer(), nullable=False),
