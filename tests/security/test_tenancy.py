@@ -10,6 +10,9 @@ route given B's ids answers 404. Both clinics' admins see the connection in thei
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import io
 import re
 from collections.abc import AsyncIterator
 from datetime import date
@@ -25,13 +28,10 @@ from gateway.models import (
     AuditEvent,
     Clinic,
     ClinicConnectionRequest,
-    Enrolment,
-    Notification,
     Patient,
     Result,
     Thread,
 )
-from gateway.outbound.notify import Kind
 from gateway.portal import patients
 from gateway.portal.results import add_result
 from gateway.services import Services
@@ -322,3 +322,190 @@ def no_patient_data_but_name(html: str) -> None:
     """A's own thread page names its patient, but shows nothing of B's."""
     for secret in (B_HELD, B_BODY, CANARY_TEXT):
         assert secret not in html
+
+
+async def _connection_rows(services: Services) -> list[ClinicConnectionRequest]:
+    async with services.sessions() as s:
+        return list(
+            (
+                await s.scalars(
+                    select(ClinicConnectionRequest).order_by(ClinicConnectionRequest.created_at)
+                )
+            ).all()
+        )
+
+
+async def test_enrolling_again_at_the_same_clinic_keeps_todays_behaviour(
+    services: Services, world: World, people: dict[str, httpx.AsyncClient]
+) -> None:
+    a = await world.clinic("north")
+    await world.staff(a, role="front_desk", email="desk-a@north.example")
+    patient: Any = await active_patient(services, a, email="pat@example.org")
+    desk = people["desk_a"]
+    await staff_sign_in(desk, "desk-a@north.example")
+    r = await desk_enrol(desk, ("Pat", "Example"), "1980-04-23", "pat@example.org")
+    assert r.status_code == 303 and r.headers["location"] == f"/staff/desk/patients/{patient.id}"
+    assert await current_clinic(services, patient.id) == a.id
+    assert await _connection_rows(services) == []
+
+
+async def test_another_organisation_never_finds_links_or_asks(
+    services: Services, world: World, people: dict[str, httpx.AsyncClient]
+) -> None:
+    """Other tenants: the same address there is a separate account; nothing crosses."""
+    a = await world.clinic("north")
+    x = await world.clinic("faraway", org="other-org", name="Faraway Clinic")
+    await world.staff(x, role="front_desk", email="desk-x@faraway.example")
+    patient: Any = await active_patient(
+        services, a, given_name=CANARY_GIVEN, family_name=CANARY_FAMILY, email="pat@example.org"
+    )
+    await deliver(services)
+    desk = people["desk_b"]
+    await staff_sign_in(desk, "desk-x@faraway.example")
+    r = await desk_enrol(desk, ("Other", "Person"), "1990-01-01", "pat@example.org")
+    assert r.status_code == 303
+    new_id = r.headers["location"].rsplit("/", 1)[1]
+    assert new_id != patient.id
+    page = await desk.get(r.headers["location"])
+    assert page.status_code == 200 and "Other Person" in page.text
+    no_patient_data(page.text)
+    assert (await desk.get(f"/staff/desk/patients/{patient.id}")).status_code == 404
+    assert await current_clinic(services, patient.id) == a.id
+    assert await _connection_rows(services) == []
+    sent = await deliver(services)
+    assert [m.message["To"] for m in sent] == ["pat@example.org"]  # X's own invitation
+    assert "Faraway Clinic" in sent[0].message["Subject"]
+    assert "asks to connect" not in sent[0].message["Subject"]
+
+
+async def test_declining_changes_nothing_and_the_clinic_cannot_keep_asking(
+    services: Services, world: World, people: dict[str, httpx.AsyncClient], clock: Any
+) -> None:
+    a = await world.clinic("north")
+    b = await world.clinic("south", name="Southside Clinic")
+    await world.staff(b, role="front_desk", email="desk-b@south.example")
+    patient: Any = await active_patient(services, a, email="pat@example.org")
+    desk = people["desk_b"]
+    await staff_sign_in(desk, "desk-b@south.example")
+    r = await desk_enrol(desk, ("Pat", "Example"), "1980-04-23", "pat@example.org")
+    assert NEUTRAL in r.text
+    assert len(await deliver(services)) == 1
+
+    me = people["patient"]
+    await patient_sign_in(me, "pat@example.org")
+    page = await me.get("/portal/connections")
+    [request] = await _connection_rows(services)
+    # Another patient cannot decide it: the request is not theirs (404, nothing changes).
+    await active_patient(services, a, email="other@example.org")
+    stranger = people["nurse_a"]
+    await patient_sign_in(stranger, "other@example.org")
+    spage = await stranger.get("/portal/connections")
+    assert f"/portal/connections/{request.id}" not in spage.text
+    r = await stranger.post(
+        f"/portal/connections/{request.id}",
+        data={"csrf_token": csrf_of(spage.text), "decision": "approve"},
+    )
+    assert r.status_code == 404
+    r = await me.post(
+        f"/portal/connections/{request.id}",
+        data={"csrf_token": csrf_of(page.text), "decision": "decline"},
+    )
+    assert r.status_code == 303 and r.headers["location"].endswith("done=declined")
+    assert await current_clinic(services, patient.id) == a.id
+    [declined] = await _connection_rows(services)
+    assert declined.state == "declined"
+
+    # Asking again right away: the same neutral page, but no new request and no email.
+    r = await desk_enrol(desk, ("Pat", "Example"), "1980-04-23", "pat@example.org")
+    assert NEUTRAL in r.text
+    assert await deliver(services) == []
+    assert len(await _connection_rows(services)) == 1
+    # A month later the clinic may ask once more.
+    clock.advance(days=31)
+    desk.cookies.clear()
+    await staff_sign_in(desk, "desk-b@south.example")
+    r = await desk_enrol(desk, ("Pat", "Example"), "1980-04-23", "pat@example.org")
+    assert NEUTRAL in r.text
+    assert len(await deliver(services)) == 1
+    assert [x.state for x in await _connection_rows(services)] == ["declined", "pending"]
+
+
+async def test_the_api_and_cli_enrol_the_same_way(
+    services: Services, world: World, app: Any, tmp_path: Any
+) -> None:
+    a = await world.clinic("north")
+    b = await world.clinic("south")
+    patient: Any = await active_patient(
+        services, a, given_name=CANARY_GIVEN, family_name=CANARY_FAMILY, email="pat@example.org"
+    )
+    await world.clinic("faraway", org="other-org")
+    async with services.transaction() as s:
+        now = services.clock.now()
+        made = await apikeys.create(
+            s, name="ehr", role="integration", org_slug="test-org", now=now, actor="test"
+        )
+        theirs = await apikeys.create(
+            s, name="x", role="integration", org_slug="other-org", now=now, actor="test"
+        )
+    key, other = made.value, theirs.value
+    async with browser(app) as api:
+        body = {
+            "clinic": b.slug,
+            "given_name": "Mallory",
+            "family_name": "Wrongname",
+            "date_of_birth": "1999-09-09",
+            "email": "pat@example.org",
+        }
+        r = await api.post(
+            "/api/v1/patients", json=body, headers={"Authorization": f"Bearer {key}"}
+        )
+        assert r.status_code == 202, r.text
+        assert r.json() == {
+            "patient_id": None,
+            "status": "connection_requested",
+            "created": False,
+        }
+        no_patient_data(r.text)
+        assert patient.id not in r.text
+        # Another tenant's key: neither the clinic nor the patient exists for it.
+        r = await api.post(
+            "/api/v1/patients", json=body, headers={"Authorization": f"Bearer {other}"}
+        )
+        assert r.status_code == 404
+        r = await api.get(
+            f"/api/v1/patients/{patient.id}/notifications",
+            headers={"Authorization": f"Bearer {other}"},
+        )
+        assert r.status_code == 404 and patient.id not in r.text
+    assert await current_clinic(services, patient.id) == a.id
+
+    # The CLI, from a script at clinic B's side: the same neutral answer, nothing moves.
+    config = tmp_path / "cli.toml"
+    config.write_text(
+        f'[store]\nurl = "{services.config.store.url}"\n[keys]\nfile = "{tmp_path / "keys.json"}"\n'
+    )
+    argv = [
+        "--config", str(config), "patient", "enroll", "--clinic", b.slug,
+        "--given-name", "Mallory", "--family-name", "Wrongname", "--dob", "1999-09-09",
+        "--email", "pat@example.org",
+    ]  # fmt: skip
+    code, out, err = await asyncio.to_thread(_main, argv)
+    assert code == 0, err
+    assert "already has an account; we asked them to connect" in out
+    assert patient.id not in out and CANARY_GIVEN not in out + err
+    assert await current_clinic(services, patient.id) == a.id
+    rows = await _connection_rows(services)
+    assert [(r.clinic_id, r.source, r.state) for r in rows] == [(b.id, "api", "pending")]
+
+
+def _main(argv: list[str]) -> tuple[int, str, str]:
+    from gateway.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(argv)
+            code = 0
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+    return code, out.getvalue(), err.getvalue()
