@@ -15,9 +15,10 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy import select
 
 from gateway.errors import CarebridgeError, NotFoundError
-from gateway.models import Clinic, Patient
+from gateway.models import Clinic, Patient, Staff
 from gateway.portal import enrolment, invitations, library, patients
 from gateway.portal.accounts import Principal
 from gateway.web import sessions
@@ -100,6 +101,16 @@ async def patient_status(
         return render(request, "portal/not-found.html.j2", status_code=404)
     articles = await library.search(services, language=patient.language)
     assigned = await library.assigned_to(services, patient.id, patient.language)
+    if principal.role != "operator":
+        # What another clinic suggested (before a move) is that clinic's business.
+        async with services.sessions() as s:
+            ours = {
+                f"staff:{i}"
+                for i in await s.scalars(
+                    select(Staff.id).where(Staff.clinic_id == principal.clinic_id)
+                )
+            }
+        assigned = [a for a in assigned if a.assignment.assigned_by in ours]
     return render(
         request,
         "portal/desk-patient.html.j2",
