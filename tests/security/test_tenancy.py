@@ -32,7 +32,7 @@ from gateway.models import (
     Result,
     Thread,
 )
-from gateway.portal import patients
+from gateway.portal import library, patients
 from gateway.portal.results import add_result
 from gateway.services import Services
 from gateway.web.app import create_app
@@ -126,6 +126,7 @@ async def test_desk_of_another_clinic_cannot_take_over_or_see_a_patient(
     a = await world.clinic("north", name="Northside Clinic")
     b = await world.clinic("south", name="Southside Clinic")
     c = await world.clinic("east", name="Eastside Clinic")
+    made = {}
     for clinic, role, email in (
         (a, "front_desk", "desk-a@north.example"),
         (a, "nurse", "nurse-a@north.example"),
@@ -135,7 +136,7 @@ async def test_desk_of_another_clinic_cannot_take_over_or_see_a_patient(
         (b, "clinic_admin", "admin-b@south.example"),
         (c, "clinic_admin", "admin-c@east.example"),
     ):
-        await world.staff(clinic, role=role, email=email)
+        made[email] = await world.staff(clinic, role=role, email=email)
     patient: Any = await active_patient(
         services,
         a,
@@ -146,6 +147,13 @@ async def test_desk_of_another_clinic_cannot_take_over_or_see_a_patient(
     )
     a_thread = await world.thread(a, patient, subject="At A", body="A question at A")
     await held_result(services, patient.id, a, A_HELD)
+    # A's nurse suggests reading (which can hint at a condition): that stays A's business.
+    article = await library.get_article(services, "healthy-plate", "en")
+    async with services.transaction() as s:
+        nurse_a_id = made["nurse-a@north.example"].id
+        await library.assign(
+            s, services, patient_id=patient.id, slug=article.slug, actor=f"staff:{nurse_a_id}"
+        )
     await deliver(services)  # A's "request received": not what this story looks at
 
     # -- clinic B's desk enrols the same address with a wrong name and date of birth --------
@@ -232,6 +240,9 @@ async def test_desk_of_another_clinic_cannot_take_over_or_see_a_patient(
 
     nurse_b = people["nurse_b"]
     await staff_sign_in(nurse_b, "nurse-b@south.example")
+    desk_page = await nurse_b.get(f"/staff/desk/patients/{patient.id}")
+    assert desk_page.status_code == 200  # now B's patient
+    assert f"<li>{article.title}" not in desk_page.text
     mine = await nurse_b.get(f"/staff/threads/{b_thread.id}")
     assert mine.status_code == 200 and B_HELD in mine.text and B_BODY in mine.text
     assert A_HELD not in mine.text  # B sees none of A's results either
