@@ -163,7 +163,12 @@ async def test_patient_moves_clinic_keeps_account_and_history(services, world: W
             source="desk",
             actor="test",
         )
-    assert not res.created and res.patient.id == p.id
+    # Enrolling elsewhere never moves anyone (the patient must approve: portal/connections).
+    assert not res.created and res.patient.id == p.id and res.elsewhere
+    async with services.transaction() as s:
+        patient = await s.get(Patient, p.id)
+        assert patient is not None
+        await patients.move_to_clinic(s, patient, b, source="desk", actor="patient:x")
     async with services.sessions() as s:
         from gateway.models import Enrolment
 

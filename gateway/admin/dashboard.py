@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway.models import (
     AuditEvent,
     Clinic,
+    ClinicConnectionRequest,
     DkimKey,
     Enrolment,
     InboundMessage,
@@ -360,10 +361,22 @@ async def audit_events(
         staff_actors = select(literal("staff:").concat(Staff.id)).where(
             Staff.clinic_id == scope.clinic_id
         )
+        # A request to connect a patient concerns two clinics: the one that asked and the one
+        # the patient was at. Both admins see every step of it.
+        connections = select(ClinicConnectionRequest.id).where(
+            or_(
+                ClinicConnectionRequest.clinic_id == scope.clinic_id,
+                ClinicConnectionRequest.home_clinic_id == scope.clinic_id,
+            )
+        )
         q = q.where(
             or_(
                 and_(AuditEvent.object_type == "clinic", AuditEvent.object_id == scope.clinic_id),
                 AuditEvent.actor.in_(staff_actors),
+                and_(
+                    AuditEvent.object_type == "clinic_connection",
+                    AuditEvent.object_id.in_(connections),
+                ),
             )
         )
     q = q.order_by(AuditEvent.seq.desc()).limit(limit)

@@ -3,7 +3,8 @@ what a clinician needs beside it, and the few settings staff change from their p
 
 The web routes in :mod:`gateway.web.staff` stay thin: they check who is asking, parse forms
 and render; the reads live here, named for what each page needs. Staff see their own clinic
-only, an operator any clinic.
+only, an operator any clinic: every read here is keyed by the clinic of the pool, thread or
+result asked for, never by the patient alone (a patient may have been at several clinics).
 """
 
 from __future__ import annotations
@@ -110,13 +111,19 @@ async def clinic_for(
 # -- home and queues ---------------------------------------------------------------------
 
 
+def _own(queue: Sequence[Thread], pool: Pool) -> list[Thread]:
+    """Only the pool's own clinic's threads, even if a thread ever pointed at a pool of
+    another clinic (routing rules are data an admin edits)."""
+    return [t for t in queue if t.clinic_id == pool.clinic_id]
+
+
 async def pool_summaries(
     session: AsyncSession, clinic_id: str, staff_id: str, now: datetime
 ) -> list[PoolSummary]:
     """Each pool of a clinic with its open, urgent, overdue and my-own thread counts."""
     rows = []
     for pool in await pools.pools_of(session, clinic_id):
-        queue = await pools.queue(session, pool.id)
+        queue = _own(await pools.queue(session, pool.id), pool)
         rows.append(
             PoolSummary(
                 pool=pool,
@@ -138,7 +145,11 @@ async def pool_workloads(
         q = q.where(Clinic.org_id == org_id)
     out = []
     for pool, clinic_slug in (await session.execute(q.order_by(Clinic.slug, Pool.slug))).all():
-        open_ = Thread.pool_id == pool.id, Thread.status == "open"
+        open_ = (
+            Thread.pool_id == pool.id,
+            Thread.clinic_id == pool.clinic_id,
+            Thread.status == "open",
+        )
         counts = (
             await session.execute(
                 select(
@@ -167,7 +178,7 @@ async def pool_queue(
 ) -> PoolQueue:
     """A pool's queue as staff read it: deadlines in the clinic's time, assignees by name."""
     clinic = await session.get(Clinic, pool.clinic_id)
-    queue = await pools.queue(session, pool.id, include_closed=include_closed)
+    queue = _own(await pools.queue(session, pool.id, include_closed=include_closed), pool)
     names = await staff_names(session, {t.assigned_staff_id for t in queue})
     rows = [
         QueueRow(
@@ -186,7 +197,7 @@ async def pool_queue(
 
 async def thread_view(session: AsyncSession, thread: Thread) -> ThreadView:
     """The thread page's content: every message (internal notes too), the colleagues it can
-    be assigned to, the clinic's quick replies and the patient's results still held."""
+    be assigned to, the clinic's quick replies and the patient's results this clinic holds."""
     clinic = await session.get(Clinic, thread.clinic_id)
     patient = await session.get(Patient, thread.patient_id)
     messages = await threads.messages_of(session, thread.id, include_internal=True)
@@ -202,7 +213,13 @@ async def thread_view(session: AsyncSession, thread: Thread) -> ThreadView:
     held = list(
         await session.scalars(
             select(Result)
-            .where(Result.patient_id == thread.patient_id, Result.released_at.is_(None))
+            .where(
+                # The thread's clinic only: a patient enrolled at (or moved between) several
+                # clinics has results at each, and one clinic never sees another's.
+                Result.patient_id == thread.patient_id,
+                Result.clinic_id == thread.clinic_id,
+                Result.released_at.is_(None),
+            )
             .order_by(Result.created_at)
         )
     )

@@ -15,7 +15,7 @@ from gateway.models.org import (
     Staff,
 )
 from gateway.models.outbound import Notification
-from gateway.models.patient import Enrolment, Patient
+from gateway.models.patient import ClinicConnectionRequest, Enrolment, Patient
 from gateway.models.portal import (
     Article,
     ArticleAssignment,
@@ -34,6 +34,7 @@ __all__ = [
     "AuditEvent",
     "Base",
     "Clinic",
+    "ClinicConnectionRequest",
     "DkimKey",
     "Enrolment",
     "IdempotencyRecord",

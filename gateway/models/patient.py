@@ -64,3 +64,28 @@ class Enrolment(Base):
     enrolled_by: Mapped[str | None] = mapped_column(String(64))
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+CONNECTION_STATES = ("pending", "approved", "declined")
+
+
+class ClinicConnectionRequest(Base):
+    """A clinic asked to care for a patient who is enrolled at another clinic.
+
+    Enrolling an address that already belongs to someone else's patient never moves or shows
+    that patient: it leaves one of these rows and a PHI-free email, and nothing changes until
+    the patient approves in the portal. ``home_clinic_id`` is where the patient was when asked,
+    so both clinics' admins find the request in their audit view.
+    """
+
+    __tablename__ = "clinic_connection_request"
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True, default=new_id)
+    patient_id: Mapped[str] = mapped_column(ForeignKey("patient.id"), index=True)
+    clinic_id: Mapped[str] = mapped_column(ForeignKey("clinic.id"), index=True)
+    home_clinic_id: Mapped[str | None] = mapped_column(ForeignKey("clinic.id"), index=True)
+    requested_by: Mapped[str] = mapped_column(String(80))  # "staff:ID", "apikey:ID", "cli"
+    source: Mapped[str] = mapped_column(String(16))  # desk, api, cli
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

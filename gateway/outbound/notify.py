@@ -36,6 +36,8 @@ class Kind(StrEnum):
     SLA_WARNING = "sla_warning"
     SLA_BREACH = "sla_breach"
     CONTACT_PATIENT = "contact_patient"
+    # Another clinic asked to care for the patient; they approve or decline in the portal.
+    CLINIC_CONNECTION = "clinic_connection"
 
 
 PATIENT_KINDS = frozenset(
@@ -48,6 +50,7 @@ PATIENT_KINDS = frozenset(
         Kind.PASSWORD_RESET,
         Kind.REPLY_ACKNOWLEDGED,
         Kind.SLA_BREACH_PATIENT,
+        Kind.CLINIC_CONNECTION,
     }
 )
 # Kinds a patient may switch off; the others are transactional and always sent.

@@ -15,7 +15,7 @@ import typer
 from gateway import audit
 from gateway.admin import clinics
 from gateway.clitools import ClinicFilterOpt, JsonOpt, emit, parse_date, run_with_services
-from gateway.portal import invitations, library, patients
+from gateway.portal import enrolment, library, patients
 from gateway.services import Services
 
 patient_app = typer.Typer(name="patient", help="Patients.", no_args_is_help=True)
@@ -39,29 +39,33 @@ def patient_enroll(
     """Enrol a patient at a clinic (after checking their ID) and send the registration email."""
     birth = parse_date(dob, "--dob")
 
-    async def go(services: Services) -> patients.EnrolResult:
+    async def go(services: Services) -> enrolment.DeskResult:
         async with services.transaction() as s:
             c = await clinics.get_clinic(s, clinic)
-            result = await patients.enroll(
+            return await enrolment.desk_enrol(
                 s,
-                services.keyring,
+                services,
                 clinic=c,
                 given_name=given_name,
                 family_name=family_name,
                 date_of_birth=birth,
                 email=email,
-                source="cli",
-                actor="cli",
                 language=language,
+                actor="cli",
+                source="cli",
             )
-            if result.patient.status == "pending":
-                await invitations.invite(s, services, patient=result.patient, clinic=c)
-            return result
 
     result = run_with_services(ctx, go)
+    if result.patient is None:
+        # The same answer the desk gets: nothing about the other clinic's patient.
+        typer.echo(
+            "this person already has an account; we asked them to connect to "
+            f"{clinic} (nothing changes until they approve)"
+        )
+        return
     what = "enrolled" if result.created else "existing account enrolled"
     typer.echo(f"patient {result.patient.id} {what} at {clinic}")
-    if result.patient.status == "pending":
+    if result.reasons:
         typer.echo("registration email queued")
 
 

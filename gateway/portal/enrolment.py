@@ -1,7 +1,11 @@
 """Enrolment at the desk and online, and the desk's view of accounts still pending.
 
-Desk: staff checked the person's ID, so the account is created (or an existing one in the
-organisation is moved here) and the registration email is queued.
+Desk: staff checked the person's ID, so the account is created and the registration email is
+queued. An address that already belongs to a patient of this clinic gives that account back
+(as before). One that belongs to a patient of another clinic is never moved, changed or shown:
+the patient is asked to connect (:mod:`gateway.portal.connections`) and the desk only learns
+"this person already has an account; we asked them to connect to your clinic", whatever name
+and date of birth were typed. The CLI and the REST API enrol through :func:`desk_enrol` too.
 
 Online: anyone may type a clinic's enrolment code, a name, a date of birth and an address.
 The answer is always the same ("if the details are right, an email is on its way"), whether or
@@ -23,8 +27,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway import audit, throttle
 from gateway.addresses import index_form
 from gateway.errors import InvalidAddressError, UsageError
-from gateway.models import Clinic, Patient
-from gateway.portal import patients
+from gateway.models import Clinic, ClinicConnectionRequest, Patient
+from gateway.portal import connections, patients
 from gateway.portal.invitations import invite
 from gateway.services import Services
 
@@ -33,9 +37,13 @@ log = logging.getLogger("carebridge.portal.enrolment")
 
 @dataclass(frozen=True)
 class DeskResult:
-    patient: Patient
+    """What the desk may know. With ``connection`` set the account belongs to another clinic:
+    ``patient`` is None so that no caller can show, link or return it."""
+
+    patient: Patient | None
     created: bool
     reasons: list[str]
+    connection: ClinicConnectionRequest | None = None
 
 
 async def desk_enrol(
@@ -51,7 +59,8 @@ async def desk_enrol(
     actor: str,
     source: str = "desk",
 ) -> DeskResult:
-    """Enrol after an ID check and queue the registration email (if still pending)."""
+    """Enrol after an ID check and queue the registration email (if still pending); for a
+    patient of another clinic, ask them to connect instead and change nothing."""
     result = await patients.enroll(
         session,
         services.keyring,
@@ -64,6 +73,12 @@ async def desk_enrol(
         actor=actor,
         language=language,
     )
+    if result.elsewhere:
+        request = await connections.ask(
+            session, services, patient=result.patient, clinic=clinic, actor=actor, source=source
+        )
+        log.info("desk enrolment: connection=%s clinic=%s", request.id, clinic.id)
+        return DeskResult(None, False, [], connection=request)
     reasons = patients.pending_reasons(result.patient)
     if reasons:
         await invite(session, services, patient=result.patient, clinic=clinic)

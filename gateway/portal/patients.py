@@ -1,4 +1,10 @@
-"""Patients: enrolment at a clinic, lookup by blind index, moves between clinics."""
+"""Patients: enrolment at a clinic, lookup by blind index, moves between clinics.
+
+Enrolling never moves a patient who is enrolled at another clinic: :func:`enroll` leaves them
+where they are and says so (``EnrolResult.enrolment is None``), and the caller asks the
+patient to connect (:mod:`gateway.portal.connections`). Only the patient's approval calls
+:func:`move_to_clinic` for another clinic.
+"""
 
 from __future__ import annotations
 
@@ -21,8 +27,14 @@ ENROL_SOURCES = ("desk", "online", "api", "cli", "demo")
 @dataclass(frozen=True)
 class EnrolResult:
     patient: Patient
-    enrolment: Enrolment
+    # None: the account is enrolled at another clinic and nothing was changed.
+    enrolment: Enrolment | None
     created: bool  # False when the person already had an account in this organisation
+
+    @property
+    def elsewhere(self) -> bool:
+        """The address belongs to a patient of another clinic (never shown to the caller)."""
+        return self.enrolment is None
 
 
 def email_index(keyring: KeyRing, address: str) -> str:
@@ -61,7 +73,8 @@ async def enroll(
     language: str = "en",
     phone: str | None = None,
 ) -> EnrolResult:
-    """Enrol a patient at a clinic; an existing account in the organisation is reused and moved."""
+    """Enrol a patient at a clinic. An account already enrolled here is returned as it is;
+    one enrolled at another clinic is left untouched (``enrolment`` None)."""
     if source not in ENROL_SOURCES:
         raise UsageError(f"enrolment source {source!r} is unknown")
     if not given_name.strip() or not family_name.strip():
@@ -88,6 +101,10 @@ async def enroll(
         session.add(patient)
         await session.flush()
         await audit.record(session, actor, "patient.create", "patient", patient.id, source=source)
+    else:
+        current = await current_enrolment(session, patient.id)
+        if current is None or current.clinic_id != clinic.id:
+            return EnrolResult(patient, None, created=False)
     enrolment = await move_to_clinic(session, patient, clinic, source=source, actor=actor)
     return EnrolResult(patient, enrolment, created)
 

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from datetime import date
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Path, Query, Request
+from fastapi import Depends, FastAPI, Path, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 from sqlalchemy import select
@@ -69,8 +69,11 @@ class EnrolIn(Strict):
 
 
 class EnrolOut(BaseModel):
-    patient_id: str
-    status: str
+    patient_id: str | None = Field(
+        description="None when the address belongs to a patient of another clinic: that "
+        "patient was asked to connect to this clinic, and nothing about them is returned."
+    )
+    status: str = Field(description="pending, active, or connection_requested")
     created: bool
 
 
@@ -210,9 +213,19 @@ def create_api(services: Services) -> FastAPI:
             raise ApiProblem(409, "not-enrolled", "the patient is not enrolled at any clinic")
         return clinic
 
-    @api.post("/patients", status_code=201, response_model=EnrolOut, tags=["patients"])
-    async def enrol(body: EnrolIn, s: Session, key: Caller) -> EnrolOut:
-        """Enrol a patient at a clinic and send the registration invitation."""
+    @api.post(
+        "/patients",
+        status_code=201,
+        response_model=EnrolOut,
+        tags=["patients"],
+        responses={202: {"model": EnrolOut, "description": "Asked to connect; nothing moved."}},
+    )
+    async def enrol(body: EnrolIn, s: Session, key: Caller, response: Response) -> EnrolOut:
+        """Enrol a patient at a clinic and send the registration invitation.
+
+        An address that belongs to a patient of another clinic is not enrolled: the patient
+        is asked (by a PHI-free email) to approve this clinic in the portal, and the answer is
+        202 with no patient id, whatever name and date of birth were sent."""
         from gateway.portal.enrolment import desk_enrol
 
         clinic = await s.scalar(select(Clinic).where(Clinic.slug == body.clinic))
@@ -230,6 +243,9 @@ def create_api(services: Services) -> FastAPI:
             actor=actor(key),
             source="api",
         )
+        if result.patient is None:
+            response.status_code = 202
+            return EnrolOut(patient_id=None, status="connection_requested", created=False)
         return EnrolOut(
             patient_id=result.patient.id, status=result.patient.status, created=result.created
         )

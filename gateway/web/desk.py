@@ -1,7 +1,10 @@
 """The front desk's pages: enrol a patient after checking their ID, and see who is pending.
 
 Enrolling here is the same as ``carebridge patient enroll`` or the REST API: it goes through
-:func:`gateway.portal.enrolment.desk_enrol`, which queues the registration email. The pending
+:func:`gateway.portal.enrolment.desk_enrol`, which queues the registration email. An address
+that belongs to a patient of another clinic gets one neutral page ("we asked them to connect")
+and never that patient's name, id or details. Every page about a patient answers 404 unless the
+patient is currently enrolled at the desk's own clinic. The pending
 list tells the desk why an account cannot be used yet (email not confirmed, terms not agreed)
 so they can help the patient at the counter or send the invitation again.
 """
@@ -12,9 +15,10 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy import select
 
 from gateway.errors import CarebridgeError, NotFoundError
-from gateway.models import Clinic, Patient
+from gateway.models import Clinic, Patient, Staff
 from gateway.portal import enrolment, invitations, library, patients
 from gateway.portal.accounts import Principal
 from gateway.web import sessions
@@ -75,6 +79,9 @@ async def enrol(request: Request, principal: Principal = Desk) -> Response:
     except CarebridgeError as exc:
         # Messages from validation name the rule, never the value typed.
         return _page(request, 400, clinic=clinic, error=str(exc), values=values)
+    if result.patient is None:
+        # Someone else's patient: one neutral page, no name, no id, nothing echoed back.
+        return render(request, "portal/desk-connection.html.j2")
     return RedirectResponse(f"/staff/desk/patients/{result.patient.id}", status_code=303)
 
 
@@ -94,6 +101,16 @@ async def patient_status(
         return render(request, "portal/not-found.html.j2", status_code=404)
     articles = await library.search(services, language=patient.language)
     assigned = await library.assigned_to(services, patient.id, patient.language)
+    if principal.role != "operator":
+        # What another clinic suggested (before a move) is that clinic's business.
+        async with services.sessions() as s:
+            ours = {
+                f"staff:{i}"
+                for i in await s.scalars(
+                    select(Staff.id).where(Staff.clinic_id == principal.clinic_id)
+                )
+            }
+        assigned = [a for a in assigned if a.assignment.assigned_by in ours]
     return render(
         request,
         "portal/desk-patient.html.j2",

@@ -1,5 +1,6 @@
 """The signed-in patient's pages under ``/portal``: inbox, threads, typed requests with the
-urgent-content screen, results, the education library and preferences.
+urgent-content screen, results, the education library, preferences, and the requests of other
+clinics to connect (which only the patient can approve).
 
 Routes only parse forms and render; the rules live in :mod:`gateway.portal`. URLs carry ids
 only, page titles are generic ("Message", "Result"), never a subject or a test name.
@@ -13,10 +14,11 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from gateway.errors import NotFoundError, UsageError
+from gateway.models import Clinic
 from gateway.models.org import REQUEST_TYPES
 from gateway.outbound.notify import OPTIONAL_KINDS
+from gateway.portal import connections, library, patients, requests, results
 from gateway.portal import inbox as inbox_mod
-from gateway.portal import library, patients, requests, results
 from gateway.portal.accounts import Principal
 from gateway.portal.signup import FormProblem
 from gateway.web import sessions
@@ -50,12 +52,14 @@ async def inbox(
     lang = language_of(request, box.patient.language)
     async with services_of(request).sessions() as s:
         released = await results.released_for(s, principal.id, services_of(request).clock.now())
+        asking = await connections.pending_for(s, principal.id)
     assigned = await library.assigned_to(services_of(request), principal.id, lang)
     return render(
         request,
         "portal/inbox.html.j2",
         lang=lang,
         box=box,
+        connections=asking,
         local_time=inbox_mod.local_time,
         new_results=sum(1 for r in released if r.patient_read_at is None),
         assigned=[a for a in assigned if a.assignment.read_at is None],
@@ -324,3 +328,47 @@ async def preferences(request: Request, principal: Principal = Patient) -> Respo
         sessions.cookie_header(services, sessions.LANG_COOKIE, language, max_age=365 * 24 * 3600),
     )
     return RedirectResponse("/portal/preferences?saved=1", status_code=303)
+
+
+# -- other clinics asking to connect ---------------------------------------------------------
+
+
+@router.get("/portal/connections")
+async def connections_page(
+    request: Request, principal: Principal = Patient, done: str = ""
+) -> HTMLResponse:
+    async with services_of(request).sessions() as s:
+        patient = await patients.get_patient(s, principal.id)
+        rows = await connections.pending_for(s, principal.id)
+        enrolment = await patients.current_enrolment(s, principal.id)
+        home = await s.get(Clinic, enrolment.clinic_id) if enrolment else None
+    return render(
+        request,
+        "portal/connections.html.j2",
+        lang=language_of(request, patient.language),
+        rows=rows,
+        home=home,
+        done=done if done in ("approved", "declined") else "",
+    )
+
+
+@router.post("/portal/connections/{request_id}", dependencies=CSRF)
+async def decide_connection(
+    request: Request, request_id: str, principal: Principal = Patient
+) -> Response:
+    """Approve (the patient moves to the asking clinic) or decline (nothing moves)."""
+    lang = await _lang(request, principal)
+    form = await request.form()
+    decision = form.get("decision")
+    if decision not in ("approve", "decline"):
+        return RedirectResponse("/portal/connections", status_code=303)
+    try:
+        row = await connections.decide(
+            services_of(request),
+            patient_id=principal.id,
+            request_id=request_id,
+            approve=decision == "approve",
+        )
+    except NotFoundError:
+        return _not_found(request, lang)
+    return RedirectResponse(f"/portal/connections?done={row.state}", status_code=303)

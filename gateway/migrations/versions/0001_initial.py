@@ -2,7 +2,7 @@
 
 Revision ID: 0001_initial
 Revises:
-Create Date: 2026-12-01 23:20:36.897517
+Create Date: 2026-12-02 00:00:47.469265
 """
 
 from __future__ import annotations
@@ -250,6 +250,45 @@ def upgrade() -> None:
     with op.batch_alter_table("article_assignment", schema=None) as batch_op:
         batch_op.create_index(
             batch_op.f("ix_article_assignment_patient_id"), ["patient_id"], unique=False
+        )
+
+    op.create_table(
+        "clinic_connection_request",
+        sa.Column("id", sa.String(length=32), nullable=False),
+        sa.Column("patient_id", sa.String(length=32), nullable=False),
+        sa.Column("clinic_id", sa.String(length=32), nullable=False),
+        sa.Column("home_clinic_id", sa.String(length=32), nullable=True),
+        sa.Column("requested_by", sa.String(length=80), nullable=False),
+        sa.Column("source", sa.String(length=16), nullable=False),
+        sa.Column("state", sa.String(length=16), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("decided_at", sa.DateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["clinic_id"], ["clinic.id"], name=op.f("fk_clinic_connection_request_clinic_id_clinic")
+        ),
+        sa.ForeignKeyConstraint(
+            ["home_clinic_id"],
+            ["clinic.id"],
+            name=op.f("fk_clinic_connection_request_home_clinic_id_clinic"),
+        ),
+        sa.ForeignKeyConstraint(
+            ["patient_id"],
+            ["patient.id"],
+            name=op.f("fk_clinic_connection_request_patient_id_patient"),
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_clinic_connection_request")),
+    )
+    with op.batch_alter_table("clinic_connection_request", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_clinic_connection_request_clinic_id"), ["clinic_id"], unique=False
+        )
+        batch_op.create_index(
+            batch_op.f("ix_clinic_connection_request_home_clinic_id"),
+            ["home_clinic_id"],
+            unique=False,
+        )
+        batch_op.create_index(
+            batch_op.f("ix_clinic_connection_request_patient_id"), ["patient_id"], unique=False
         )
 
     op.create_table(
@@ -709,6 +748,12 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_dkim_key_clinic_id"))
 
     op.drop_table("dkim_key")
+    with op.batch_alter_table("clinic_connection_request", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_clinic_connection_request_patient_id"))
+        batch_op.drop_index(batch_op.f("ix_clinic_connection_request_home_clinic_id"))
+        batch_op.drop_index(batch_op.f("ix_clinic_connection_request_clinic_id"))
+
+    op.drop_table("clinic_connection_request")
     with op.batch_alter_table("article_assignment", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_article_assignment_patient_id"))
 
