@@ -8,6 +8,7 @@ so the CLI can print one line and exit 2 instead of a traceback.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 import typing
@@ -133,8 +134,13 @@ class TokensConfig:
 
 @dataclass(frozen=True)
 class InboundConfig:
-    # Authentication-Results headers are trusted only when stamped by this authserv-id.
+    # Authentication-Results headers are believed only when stamped by this authserv-id,
+    # only the topmost block of them, and only from the hop that wrote them: the configured
+    # IMAP server, or an SMTP client connecting from trusted_relays.
     trusted_authserv_id: str = ""
+    # SMTP clients (CIDR networks, e.g. ["192.0.2.25/32"]) whose Authentication-Results
+    # are believed. Empty: no SMTP client's are.
+    trusted_relays: tuple[str, ...] = ()
     max_header_bytes: int = 64 * 1024
     parse_timeout_seconds: float = 5.0
     max_automated_per_day: int = 10
@@ -305,6 +311,14 @@ def _validate(cfg: Config) -> None:
         )
     if cfg.delivery.max_unconfirmed < 1:
         raise ConfigError("delivery.max_unconfirmed", "must be 1 or more")
+    for net in cfg.inbound.trusted_relays:
+        try:
+            ipaddress.ip_network(net, strict=True)
+        except ValueError:
+            raise ConfigError(
+                "inbound.trusted_relays",
+                f'entries are networks like "192.0.2.25/32" (no host bits set), got {net!r}',
+            ) from None
     for key in ("sweep_seconds", "adopt_after_seconds"):
         if getattr(cfg.inbound, key) <= 0:
             raise ConfigError(f"inbound.{key}", "must be a number of seconds above 0")

@@ -5,6 +5,11 @@ A token is bound to one purpose and one subject, expires (lifetime per purpose f
 (:func:`peek`) never consumes it: GET and HEAD requests and mail-scanner prefetches only peek;
 only the person's POST calls :func:`consume`. Lookups go by SHA-256 of the token, and the
 final comparison is constant-time.
+
+One token per purpose and channel: a link and a reply address never share a secret. Where one
+invitation offers two channels (the ``/r/`` link and the ``register+`` Reply-To), each gets its
+own token and purpose, both carrying one ``pair_id``; using either single-use token uses the
+whole pair (:func:`use`). Address tokens carry the clinic whose reply domain they work at.
 """
 
 from __future__ import annotations
@@ -26,12 +31,14 @@ from gateway.models.security import TOKEN_PURPOSES
 
 # Purposes whose token may be used once only. Address tokens (reply/bounce) accept several
 # messages (a patient may reply twice; a DSN may follow a delay notice).
-SINGLE_USE = {"registration", "password_reset"}
+SINGLE_USE = {"registration", "registration_reply", "password_reset"}
 TOKEN_BYTES = 24  # 192 bits; base64url gives 32 characters
+# A second channel of one invitation lives as long as its first.
+_LIFETIME_OF = {"registration_reply": "registration"}
 
 
 def lifetime(cfg: TokensConfig, purpose: str) -> timedelta:
-    hours: int = getattr(cfg, f"{purpose}_hours")
+    hours: int = getattr(cfg, f"{_LIFETIME_OF.get(purpose, purpose)}_hours")
     return timedelta(hours=hours)
 
 
@@ -51,6 +58,8 @@ async def issue(
     now: datetime,
     data: dict[str, Any] | None = None,
     ttl: timedelta | None = None,
+    clinic_id: str | None = None,
+    pair_id: str | None = None,
 ) -> IssuedToken:
     if purpose not in TOKEN_PURPOSES:
         raise ValueError(f"unknown token purpose {purpose!r}")
@@ -61,6 +70,8 @@ async def issue(
         subject_kind=subject_kind,
         subject_id=subject_id,
         data=data or {},
+        clinic_id=clinic_id,
+        pair_id=pair_id,
         single_use=purpose in SINGLE_USE,
         created_at=now,
         expires_at=now + (ttl or lifetime(cfg, purpose)),
@@ -95,22 +106,38 @@ async def consume(session: AsyncSession, value: str, purpose: str, now: datetime
     row = await peek(session, value, purpose, now)
     if row is None:
         raise TokenError("this link is invalid, expired or already used")
-    if row.single_use:
-        # Compare-and-set: two concurrent POSTs cannot both consume one token.
-        result = await session.execute(
-            update(Token)
-            .where(Token.id == row.id, Token.consumed_at.is_(None))
-            .values(consumed_at=now, uses=Token.uses + 1)
-            .execution_options(synchronize_session=False)
-        )
-        if getattr(result, "rowcount", 0) != 1:
-            raise TokenError("this link is invalid, expired or already used")
-        await session.refresh(row)
-    else:
+    await use(session, row, now)
+    return row
+
+
+async def use(session: AsyncSession, row: Token, now: datetime) -> None:
+    """Use a token already looked up (an address token named at RCPT time). A single-use
+    token is consumed atomically, with every token of its pair: the invitation is spent,
+    whichever channel spent it."""
+    if row.expires_at <= now:
+        raise TokenError("this link is invalid, expired or already used")
+    if not row.single_use:
         row.uses += 1
         if row.consumed_at is None:
             row.consumed_at = now
-    return row
+        return
+    # Compare-and-set: two concurrent uses cannot both consume one token.
+    result = await session.execute(
+        update(Token)
+        .where(Token.id == row.id, Token.consumed_at.is_(None))
+        .values(consumed_at=now, uses=Token.uses + 1)
+        .execution_options(synchronize_session=False)
+    )
+    if getattr(result, "rowcount", 0) != 1:
+        raise TokenError("this link is invalid, expired or already used")
+    if row.pair_id is not None:
+        await session.execute(
+            update(Token)
+            .where(Token.pair_id == row.pair_id, Token.id != row.id, Token.consumed_at.is_(None))
+            .values(consumed_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    await session.refresh(row)
 
 
 async def revoke_for_subject(

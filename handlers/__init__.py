@@ -22,7 +22,7 @@ ROUTING = RoutingTable(
         Route(
             "register",
             re.compile(rf"^register\+{TOKEN}$"),
-            "registration",
+            "registration_reply",
             registration.handler,
             screen_automated=True,
         ),

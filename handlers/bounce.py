@@ -1,11 +1,16 @@
 """``bounce+TOKEN@``: a delivery failure report for one notification (VERP).
 
-The token names the notification, so the bounce is traced without trusting anything the
-report says about addresses. flufl.bounce decides permanent versus temporary for RFC 3464 DSNs
-and for the many non-standard formats; the enhanced status code then separates policy
-refusals (X.7.X: spam filters, blocked sender) from hard failures (no such mailbox). The
-patient's address gets a deliverability state, the notification is marked, and a hard bounce
-asks the clinic's pool staff to contact the patient another way (a PHI-free notice).
+The token names the notification, but a token is no proof: anyone who saw the envelope
+sender (a mail log) can write to ``bounce+TOKEN@``. So a report counts only when it matches:
+the notification was sent, and the report's recipient (``Final-Recipient`` /
+``Original-Recipient``, or flufl.bounce's scan of other formats) is the notification's, or the
+original message it quotes has the notification's Message-ID. Anything else is quarantined as
+``bounce_unmatched``: no deliverability change, no staff email. flufl.bounce decides
+permanent versus temporary for RFC 3464 DSNs and for the many non-standard formats; the
+enhanced status code then separates policy refusals (X.7.X: spam filters, blocked sender)
+from hard failures (no such mailbox). The patient's address gets a deliverability state, the
+notification is marked, and a hard bounce asks the clinic's pool staff to contact the patient
+another way (a PHI-free notice).
 Nothing is ever sent back to the reporting server.
 """
 
@@ -13,7 +18,9 @@ from __future__ import annotations
 
 import logging
 import re
+from email import policy
 from email.message import EmailMessage, Message
+from email.parser import HeaderParser
 
 from flufl.bounce import all_failures
 from sqlalchemy import select
@@ -28,6 +35,10 @@ log = logging.getLogger("carebridge.inbound.bounce")
 _STATUS = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
 # Worse states are never overwritten by milder ones (a soft bounce after a hard one).
 _RANK = {"ok": 0, "soft": 1, "policy": 2, "hard": 3}
+# A notification nobody tried to deliver cannot have bounced.
+_NEVER_SENT = ("queued", "cancelled")
+_MAX_VALUE = 1000  # per reported address or quoted header block read
+_MAX_QUOTED = 64 * 1024
 
 
 def dsn_statuses(msg: Message) -> list[str]:
@@ -60,9 +71,62 @@ def text_status(msg: Message) -> str:
     return ""
 
 
-def classify(msg: EmailMessage) -> tuple[str, str] | None:
+def reported_recipients(msg: Message, scanned: set[bytes]) -> set[str]:
+    """Every recipient the report names (lower-case): the RFC 3464 ``Final-Recipient`` and
+    ``Original-Recipient`` fields, and the addresses flufl.bounce found in other formats."""
+    out = {a.decode("utf-8", "replace").strip().strip("<>").lower() for a in scanned}
+    for part in msg.walk():
+        if part.get_content_type() != "message/delivery-status":
+            continue
+        payload = part.get_payload()
+        for block in payload if isinstance(payload, list) else []:
+            if not isinstance(block, Message):
+                continue
+            for name in ("Final-Recipient", "Original-Recipient"):
+                value = str(block.get(name, ""))[:_MAX_VALUE]
+                _type, _, address = value.partition(";")
+                if address.strip():
+                    out.add(address.strip().strip("<>").lower())
+    out.discard("")
+    return out
+
+
+def quoted_message_ids(msg: Message) -> set[str]:
+    """The Message-ID of the original message the report quotes (message/rfc822 or
+    text/rfc822-headers)."""
+    out: set[str] = set()
+    for part in msg.walk():
+        ctype = part.get_content_type()
+        if ctype == "message/rfc822":
+            payload = part.get_payload()
+            for inner in payload if isinstance(payload, list) else []:
+                if isinstance(inner, Message) and inner.get("Message-ID"):
+                    out.add(str(inner.get("Message-ID"))[:_MAX_VALUE].strip())
+        elif ctype == "text/rfc822-headers":
+            raw = part.get_payload(decode=True)
+            if isinstance(raw, bytes):
+                text = raw[:_MAX_QUOTED].decode("utf-8", "replace")
+                quoted = HeaderParser(policy=policy.compat32).parsestr(text, headersonly=True)
+                if quoted.get("Message-ID"):
+                    out.add(str(quoted.get("Message-ID"))[:_MAX_VALUE].strip())
+    out.discard("")
+    return out
+
+
+def matches(notification: Notification, msg: Message, scanned: set[bytes]) -> bool:
+    """Does this report speak of this notification's delivery?"""
+    if notification.state in _NEVER_SENT and notification.sent_at is None:
+        return False
+    if notification.recipient.strip().lower() in reported_recipients(msg, scanned):
+        return True
+    return bool(notification.message_id) and notification.message_id in quoted_message_ids(msg)
+
+
+def classify(
+    msg: EmailMessage, failures: tuple[set[bytes], set[bytes]] | None = None
+) -> tuple[str, str] | None:
     """(severity, status) with severity hard/soft/policy, or None when it is no bounce."""
-    temporary, permanent = all_failures(msg)
+    temporary, permanent = failures if failures is not None else all_failures(msg)
     statuses = dsn_statuses(msg)
     status = next((s for s in statuses if s.startswith("5")), "") or (
         statuses[0] if statuses else text_status(msg)
@@ -131,10 +195,14 @@ class BounceHandler:
         notification = await ctx.session.get(Notification, token.subject_id)
         if notification is None:
             return Quarantine("token_invalid", "the bounce token's notification is gone")
-        verdict = classify(ctx.msg)
+        temporary, permanent = all_failures(ctx.msg)
+        verdict = classify(ctx.msg, (set(temporary), set(permanent)))
         if verdict is None:
             # Often an out-of-office answer sent to the envelope sender: nothing to do.
             return Ignore("not_a_bounce")
+        if not matches(notification, ctx.msg, set(temporary) | set(permanent)):
+            log.info("bounce notification=%s unmatched: quarantined", notification.id)
+            return Quarantine("bounce_unmatched", "the report names another recipient or message")
         severity, status = verdict
         notification.last_error = f"bounce {severity} {status}".strip()
         if severity in ("hard", "policy") and notification.state != "bounced":

@@ -4,16 +4,22 @@ Only an authenticated reply from the address on file confirms it (a forged reply
 otherwise verify someone else's mailbox). When the reply's own words say "I agree" and the
 quoted invitation names a terms version, the agreement to that version is recorded too;
 otherwise the terms are still accepted on the portal.
+
+The address carries its own token (purpose ``registration_reply``), never the ``/r/`` link's:
+someone who sees the Reply-To cannot open the link and choose the password. Confirming here
+spends the invitation, link included (:func:`gateway.tokens.use`); a patient who has no
+password yet is sent a fresh invitation, whose link is the way to choose one.
 """
 
 from __future__ import annotations
 
 import re
 
-from gateway import audit
+from gateway import audit, tokens
+from gateway.errors import TokenError
 from gateway.inbound.handling import Confirmed, Context, Outcome, Quarantine
 from gateway.inbound.parsing import new_text, text_body
-from gateway.portal import terms
+from gateway.portal import invitations, terms
 from handlers.base import authenticated_patient
 
 _AGREE = re.compile(r"^\W*(i\s+agree|yes,?\s+i\s+agree|acepto|estoy\s+de\s+acuerdo)\b", re.I)
@@ -38,9 +44,14 @@ class RegistrationHandler:
     name = "registration"
 
     async def handle(self, ctx: Context) -> Outcome:
-        patient = await authenticated_patient(ctx, "registration")
+        patient = await authenticated_patient(ctx, "registration_reply")
         if isinstance(patient, Quarantine):
             return patient
+        assert ctx.token is not None
+        try:
+            await tokens.use(ctx.session, ctx.token, ctx.now)
+        except TokenError:
+            return Quarantine("token_used", "the invitation was already used")
         actor = f"patient:{patient.id}"
         if patient.email_verified_at is None:
             patient.email_verified_at = ctx.now
@@ -71,6 +82,9 @@ class RegistrationHandler:
             )
         if patient.status == "pending" and patient.terms_agreed_at and patient.email_verified_at:
             patient.status = "active"
+        if not patient.password_hash and ctx.clinic is not None:
+            # The spent link was the way to choose a password: send a fresh one.
+            await invitations.invite(ctx.session, ctx.services, patient=patient, clinic=ctx.clinic)
         return Confirmed(patient.id, terms_agreed=patient.terms_agreed_at is not None)
 
 

@@ -43,6 +43,7 @@ async def reply_address(
         subject_id=staff.id,
         now=now,
         data={"thread_id": thread_id},
+        clinic_id=clinic.id,
     )
     return f"reply+{issued.value}@{clinic.reply_domain}"
 

@@ -3,9 +3,12 @@
 Evaluated for every inbound message: DKIM (dkimpy, each signature), SPF (pyspf, for mail that
 came over SMTP with a peer address) and DMARC-style alignment of the passing identities with
 the From domain (relaxed: same organisational domain, from the public suffix list). All DNS goes
-through ``[dns] nameservers``. For mail already checked upstream (IMAP), an
-``Authentication-Results`` header is believed only when stamped by ``[inbound]
-trusted_authserv_id``; any other such header is ignored, since anyone can write one.
+through ``[dns] nameservers``. For mail already checked upstream, ``Authentication-Results``
+is believed only from the hop that wrote it (anyone can write one, in any position): the
+configured IMAP server, or an SMTP client connecting from ``[inbound] trusted_relays``; and of
+its headers only the topmost block stamped with ``[inbound] trusted_authserv_id``, where only
+trace fields (Received and the like) may stand above it. Every other such header is ignored
+and counted in the verdict (``ar_ignored``).
 
 The verdict is stored with the message; it holds pass/fail words only, never an address.
 """
@@ -13,6 +16,7 @@ The verdict is stored with the message; it holds pass/fail words only, never an 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import re
 from dataclasses import dataclass, field
@@ -91,6 +95,8 @@ class AuthVerdict:
     dkim_aligned: bool = False
     spf_aligned: bool = False
     sources: tuple[str, ...] = field(default=())  # "local", "trusted-header"
+    # Authentication-Results headers not believed (wrong hop, position or authserv-id).
+    ar_ignored: int = 0
 
     @property
     def aligned_pass(self) -> bool:
@@ -106,6 +112,7 @@ class AuthVerdict:
             "spf_aligned": self.spf_aligned,
             "aligned": self.aligned_pass,
             "sources": list(self.sources),
+            "ar_ignored": self.ar_ignored,
         }
 
 
@@ -148,19 +155,93 @@ def _check_spf(envelope: ReceivedEnvelope) -> tuple[str, str]:
     return str(result), domain
 
 
-def _trusted_results(msg: EmailMessage, authserv_id: str) -> list[Any]:
-    if not authserv_id:
-        return []
-    out: list[Any] = []
-    for value in msg.get_all("Authentication-Results", []) or []:
-        try:
-            header = authres.AuthenticationResultsHeader.parse_value(str(value))
-        except Exception:  # an unparsable header is simply not believed
-            log.debug("ignoring an unparsable Authentication-Results header")
+_AR = "authentication-results"
+# Fields a receiving hop writes at the top of the header: the trusted stamp may sit below them.
+_TRACE = frozenset(
+    {
+        "received",
+        "return-path",
+        "delivered-to",
+        "x-original-to",
+        "received-spf",
+        "arc-seal",
+        "arc-message-signature",
+        "arc-authentication-results",
+    }
+)
+MAX_AR_VALUE = 4096  # a longer Authentication-Results is nobody's stamp: not parsed
+MAX_AR_BELIEVED = 16
+
+
+def _header_fields(raw: bytes, limit: int) -> list[tuple[str, str]]:
+    """(lower-case name, unfolded value) of each header field, top to bottom: one linear
+    pass over at most ``limit`` bytes, in the order the hops wrote them."""
+    head = raw[:limit]
+    end = len(head)
+    for sep in (b"\r\n\r\n", b"\n\n"):
+        at = head.find(sep)
+        if at != -1:
+            end = min(end, at)
+    fields: list[tuple[str, list[str]]] = []
+    for line in head[:end].decode("utf-8", "replace").split("\n"):
+        line = line.rstrip("\r")
+        if line[:1] in (" ", "\t"):
+            if fields:
+                fields[-1][1].append(line)
             continue
-        if str(header.authserv_id).lower() == authserv_id.lower():
-            out.extend(header.results)
-    return out
+        name, colon, value = line.partition(":")
+        if colon:
+            fields.append((name.strip().lower(), [value]))
+        else:
+            fields.append(("", [line]))  # not a field: ends any trusted block
+    return [(name, " ".join(v.strip() for v in parts)) for name, parts in fields]
+
+
+def _believed_hop(cfg: Config, envelope: ReceivedEnvelope) -> bool:
+    """Did the hop that handed us this message write its Authentication-Results?"""
+    if not envelope.peer_ip:
+        # Fetched over IMAP (no SMTP peer): from the mailbox's own configured server.
+        return True
+    try:
+        ip = ipaddress.ip_address(envelope.peer_ip)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in ipaddress.ip_network(n) for n in cfg.inbound.trusted_relays)
+
+
+def _parse_ar(value: str) -> Any | None:
+    if len(value) > MAX_AR_VALUE:
+        return None
+    try:
+        return authres.AuthenticationResultsHeader.parse_value(value)
+    except Exception:  # an unparsable header is simply not believed
+        return None
+
+
+def _trusted_results(cfg: Config, raw: bytes, envelope: ReceivedEnvelope) -> tuple[list[Any], int]:
+    """The results believed, and how many Authentication-Results headers were not."""
+    fields = _header_fields(raw, cfg.inbound.max_header_bytes)
+    total = sum(1 for name, _ in fields if name == _AR)
+    authserv_id = cfg.inbound.trusted_authserv_id.lower()
+    if not total or not authserv_id or not _believed_hop(cfg, envelope):
+        return [], total
+    results: list[Any] = []
+    believed = 0
+    for name, value in fields:
+        if name != _AR:
+            if believed or name not in _TRACE:
+                break  # the block ended, or the sender's own fields began
+            continue
+        header = _parse_ar(value)
+        if header is None or str(header.authserv_id).lower() != authserv_id:
+            break  # the topmost stamp is someone else's: nothing below it is the hop's
+        believed += 1
+        results.extend(header.results)
+        if believed >= MAX_AR_BELIEVED:
+            break
+    return results, total - believed
 
 
 def _prop(result: Any, type_: str, name: str) -> str:
@@ -179,7 +260,10 @@ def evaluate(
     with dnsresolve.spf_resolver(res):
         spf_result, spf_domain = _check_spf(envelope)
     sources = ["local"]
-    for r in _trusted_results(msg, cfg.inbound.trusted_authserv_id):
+    believed, ar_ignored = _trusted_results(cfg, raw, envelope)
+    if ar_ignored:
+        log.debug("ignored %d Authentication-Results headers", ar_ignored)
+    for r in believed:
         method, result = str(r.method).lower(), str(r.result).lower()
         if method == "dkim" and result == "pass":
             d = _prop(r, "header", "d").lower()
@@ -203,6 +287,7 @@ def evaluate(
         dkim_aligned=any(aligned(d, from_domain) for d in dkim_domains),
         spf_aligned=spf_result == "pass" and aligned(spf_domain, from_domain),
         sources=tuple(sources),
+        ar_ignored=ar_ignored,
     )
 
 

@@ -4,7 +4,9 @@ The table itself (``gateway/inbound/handling.py``: ordered (local-part pattern, 
 handler) rows, first match wins) is data from the handler package. Recipients are judged at
 RCPT time against it (unknown address, unknown domain, or a token that is not live: 550 5.1.1,
 so nothing is ever bounced back later); where several routes share one address shape, the
-token's subject kind picks one (a staff member's reply token, a patient's). The same table
+token's subject kind picks one (a staff member's reply token, a patient's). A token works
+only at its own clinic's reply domain: one organisation's reply token at another's domain is
+550 5.1.1 like any unknown address. The same table
 picks the handler once the message is stored. Routes that carry a person's words are screened
 for automatic replies first, which go to the table's auto-reply handler instead.
 """
@@ -24,6 +26,7 @@ from gateway.admin import clinics
 from gateway.inbound.auth import ReceivedEnvelope
 from gateway.inbound.handling import Handler, Route, RoutingTable
 from gateway.inbound.parsing import automated_reason
+from gateway.models import Notification, Staff, Thread, Token
 
 # Mail that reached an IMAP mailbox without any address of ours: stored and quarantined.
 UNROUTED = "unrouted"
@@ -62,10 +65,33 @@ async def resolve_recipient(
         return Target(route.name, clinic.id, None)
     assert value is not None
     row = await tokens.peek(session, value, route.token_purpose, now)
-    if row is None:
+    if row is None or await token_clinic(session, row) != clinic.id:
         return None
     route = routing.for_subject(route, row.subject_kind)
     return Target(route.name, clinic.id, row.id, row.expires_at)
+
+
+async def token_clinic(session: AsyncSession, row: Token) -> str | None:
+    """The clinic an address token belongs to: stamped when minted, else found through its
+    subject (the notification, the thread or the staff member). None: it belongs nowhere,
+    and is refused everywhere."""
+    if row.clinic_id:
+        return row.clinic_id
+    data = row.data or {}
+    stamped = data.get("clinic_id")
+    if isinstance(stamped, str) and stamped:
+        return stamped
+    if row.subject_kind == "notification":
+        notification = await session.get(Notification, row.subject_id)
+        return notification.clinic_id if notification is not None else None
+    thread_id = data.get("thread_id")
+    if isinstance(thread_id, str) and thread_id:
+        thread = await session.get(Thread, thread_id)
+        return thread.clinic_id if thread is not None else None
+    if row.subject_kind == "staff":
+        staff = await session.get(Staff, row.subject_id)
+        return staff.clinic_id if staff is not None else None
+    return None
 
 
 class RecipientCache:

@@ -6,7 +6,9 @@ to bounce anything later (no backscatter). DATA hands the bytes to the one intak
 answers 250 only after the group commit holding them returned; a failed commit answers 451.
 
 Limits: ``[smtp] max_message_bytes`` (552), RFC line and command lengths (aiosmtpd), a budget
-per command per session, ``max_recipients`` (452), ``max_connections_per_ip`` (421), an idle
+per command per session, ``max_recipients`` RCPT commands per transaction (452 for every one
+past the cap, duplicates and refused ones counted too: each costs a lookup),
+``max_connections_per_ip`` (421), an idle
 timeout, and bare CR or LF in DATA refused (554), so the SMTP smuggling tricks that rely on
 lone line endings have nothing to work with. aiosmtpd >= 1.4.6 only ends DATA on CRLF.CRLF.
 """
@@ -59,7 +61,11 @@ class IntakeHandler:
         rcpt_options: list[str],
     ) -> str:
         targets: list[Target] = getattr(envelope, "carebridge_targets", [])
-        if len(targets) >= self.services.config.smtp.max_recipients:
+        # Every RCPT counts, not every distinct target: 1,000 copies of one address are
+        # 1,000 commands to answer. aiosmtpd makes a new envelope per transaction.
+        asked: int = getattr(envelope, "carebridge_rcpt_count", 0) + 1
+        envelope.carebridge_rcpt_count = asked  # type: ignore[attr-defined]
+        if asked > self.services.config.smtp.max_recipients:
             return SmtpReply.TOO_MANY_RECIPIENTS
         now = self.services.clock.now()
         known, target = self.recipients.get(address, now)

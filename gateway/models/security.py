@@ -13,6 +13,7 @@ from gateway.models.types import ID, UTCDateTime, new_id
 
 TOKEN_PURPOSES = (
     "registration",
+    "registration_reply",
     "view_thread",
     "password_reset",
     "unsubscribe",
@@ -33,6 +34,11 @@ class Token(Base):
     subject_id: Mapped[str] = mapped_column(String(64), index=True)
     # PHI-free binding data (thread id, clinic id, notification id).
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # The clinic whose reply domain an address token works at (None: any, links only).
+    clinic_id: Mapped[str | None] = mapped_column(String(64))
+    # Tokens minted together for one purpose on several channels (a registration link and
+    # its register+ reply address) share this id: using one single-use token uses all.
+    pair_id: Mapped[str | None] = mapped_column(String(64), index=True)
     single_use: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

@@ -8,6 +8,12 @@ notification), so any bounce traces back to exactly one message.
 Link paths (served by the portal and by :mod:`gateway.web.unsubscribe`): ``/r/<token>``
 registration, ``/t/<token>`` view a thread (or the inbox) after sign-in, ``/reset/<token>``,
 ``/u/<token>`` unsubscribe. A link only leads to a page; nothing acts until the person POSTs.
+
+One token per purpose and channel: where an email offers a link and a reply address for the
+same thing (the registration link and ``register+``; the thread link and ``reply+``), each
+gets its own token, the two sharing a ``pair_id``. Someone who sees only the Reply-To (a
+forwarded email, a mail log) holds nothing that opens the link. Every token carries the
+clinic, so an address token works only at that clinic's reply domain.
 """
 
 from __future__ import annotations
@@ -72,6 +78,8 @@ class TokenBatch:
         subject_id: str,
         now: datetime,
         data: dict[str, Any],
+        clinic_id: str | None = None,
+        pair_id: str | None = None,
     ) -> tuple[str, str]:
         """A new token: (the value for the email, the row id)."""
         if purpose not in TOKEN_PURPOSES:
@@ -86,6 +94,8 @@ class TokenBatch:
                 "subject_kind": subject_kind,
                 "subject_id": subject_id,
                 "data": {k: v for k, v in data.items() if v is not None},
+                "clinic_id": clinic_id,
+                "pair_id": pair_id,
                 "single_use": purpose in tokens.SINGLE_USE,
                 "created_at": now,
                 "expires_at": now + tokens.lifetime(config.tokens, purpose),
@@ -128,12 +138,16 @@ def _addresses(
     kind = Kind(row.kind)
     thread_id = row.context.get("thread_id")
 
-    def token(purpose: str, subject_kind: str, subject_id: str, **data: Any) -> str:
-        value, _id = batch.issue(config, purpose, subject_kind, subject_id, now, data)
+    def token(
+        purpose: str, subject_kind: str, subject_id: str, pair: str | None = None, **data: Any
+    ) -> str:
+        value, _id = batch.issue(
+            config, purpose, subject_kind, subject_id, now, data, clinic.id, pair
+        )
         return value
 
     bounce_value, bounce_id = batch.issue(
-        config, "bounce_address", "notification", row.id, now, {"clinic_id": clinic.id}
+        config, "bounce_address", "notification", row.id, now, {"clinic_id": clinic.id}, clinic.id
     )
     mail_from = f"bounce+{bounce_value}@{domain}"
     reply_to = unsubscribe = None
@@ -151,21 +165,29 @@ def _addresses(
         return Addressing(link, mail_from, bounce_id)
     patient_id = row.patient_id
     if kind == Kind.REGISTRATION_INVITATION:
-        # One token serves the link and the register+TOKEN@ Reply-To: whichever the person
-        # uses first confirms the address (the token is single-use).
-        value = token("registration", "patient", patient_id, clinic_id=clinic.id)
+        # The link and the register+ Reply-To: two tokens, one pair. Whichever the person
+        # uses first confirms the address and spends both (each is single-use).
+        pair = new_id()
+        value = token("registration", "patient", patient_id, pair, clinic_id=clinic.id)
         link = f"{base}/r/{value}"
-        reply_to = f"register+{value}@{domain}"
+        reply = token("registration_reply", "patient", patient_id, pair, clinic_id=clinic.id)
+        reply_to = f"register+{reply}@{domain}"
     elif kind == Kind.PASSWORD_RESET:
         value = token("password_reset", "patient", patient_id)
         link = f"{base}/reset/{value}"
     else:
+        thread_pair = new_id() if kind in THREAD_KINDS and thread_id else None
         value = token(
-            "view_thread", "patient", patient_id, thread_id=thread_id, view=VIEWS.get(kind)
+            "view_thread",
+            "patient",
+            patient_id,
+            thread_pair,
+            thread_id=thread_id,
+            view=VIEWS.get(kind),
         )
         link = f"{base}/t/{value}"
-        if kind in THREAD_KINDS and thread_id:
-            reply = token("reply_address", "patient", patient_id, thread_id=thread_id)
+        if thread_pair is not None:
+            reply = token("reply_address", "patient", patient_id, thread_pair, thread_id=thread_id)
             reply_to = f"reply+{reply}@{domain}"
     if kind in OPTIONAL_KINDS:
         value = token("unsubscribe", "patient", patient_id, kind=str(kind))

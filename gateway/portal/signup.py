@@ -5,6 +5,9 @@ change nothing. The patient's POST consumes the token, records agreement to one 
 marks the address verified (only its owner could have received the link), sets an argon2id
 password that zxcvbn judges strong enough, and optionally an authenticator (TOTP). The link
 never signs anyone in: the patient then signs in with the password they just chose.
+
+The link's token is the link's alone (purpose ``registration``); the ``register+`` reply
+address of the same invitation has its own, and consuming either spends both.
 """
 
 from __future__ import annotations

@@ -39,6 +39,9 @@ async def _notification(story: Story) -> tuple[Notification, str]:
             now=story.services.clock.now(),
             patient_id=story.patient.id,
         )
+        # Delivered to the patient's address: only a sent notification can bounce.
+        row.state, row.sent_at, row.attempts = "sent", story.services.clock.now(), 1
+        row.message_id = f"<{row.id}.0@clinic.example>"
     token = await story.token("bounce_address", "notification", row.id)
     return row, f"bounce+{token}@{story.clinic.reply_domain}"
 
@@ -86,7 +89,7 @@ async def test_bounce_samples_are_classified_and_traced(make_intake, story, name
     assert row is not None and (row.state, row.handler) == ("bounce", "bounce")
     assert row.detail is not None and row.detail.startswith(EXPECTED[name])
     assert n is not None and n.last_error is not None and EXPECTED[name] in n.last_error
-    assert n.state == ("bounced" if label == "permanent" else "queued")
+    assert n.state == ("bounced" if label == "permanent" else "sent")
     assert patient is not None and patient.deliverability == EXPECTED[name]
     if EXPECTED[name] == "hard":
         # One PHI-free "contact this patient another way" notice per clinic staff member.
@@ -143,5 +146,5 @@ async def test_out_of_office_to_bounce_address_is_ignored(make_intake, story):
         n = await s.get(Notification, notification.id)
         patient = await s.get(Patient, story.patient.id)
     assert row is not None and (row.state, row.detail) == ("ignored", "not_a_bounce")
-    assert n is not None and n.state == "queued" and n.last_error is None
+    assert n is not None and n.state == "sent" and n.last_error is None
     assert patient is not None and patient.deliverability == "ok"

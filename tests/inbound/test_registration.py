@@ -18,7 +18,7 @@ INVITATION_QUOTE = (
 
 async def _register_address(story: Story) -> str:
     value = await story.token(
-        "registration", "patient", story.patient.id, clinic_id=story.clinic.id
+        "registration_reply", "patient", story.patient.id, clinic_id=story.clinic.id
     )
     return f"register+{value}@{story.clinic.reply_domain}"
 

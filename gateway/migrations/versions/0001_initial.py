@@ -2,7 +2,7 @@
 
 Revision ID: 0001_initial
 Revises:
-Create Date: 2026-12-02 00:00:47.469265
+Create Date: 2026-12-02 00:02:43.239872
 """
 
 from __future__ import annotations
@@ -91,6 +91,8 @@ def upgrade() -> None:
         sa.Column("subject_kind", sa.String(length=16), nullable=False),
         sa.Column("subject_id", sa.String(length=64), nullable=False),
         sa.Column("data", sa.JSON(), nullable=False),
+        sa.Column("clinic_id", sa.String(length=64), nullable=True),
+        sa.Column("pair_id", sa.String(length=64), nullable=True),
         sa.Column("single_use", sa.Boolean(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
@@ -101,6 +103,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("token", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_token_expires_at"), ["expires_at"], unique=False)
+        batch_op.create_index(batch_op.f("ix_token_pair_id"), ["pair_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_token_subject_id"), ["subject_id"], unique=False)
 
     op.create_table(
@@ -785,6 +788,7 @@ def downgrade() -> None:
     op.drop_table("web_session")
     with op.batch_alter_table("token", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_token_subject_id"))
+        batch_op.drop_index(batch_op.f("ix_token_pair_id"))
         batch_op.drop_index(batch_op.f("ix_token_expires_at"))
 
     op.drop_table("token")
