@@ -36,6 +36,10 @@ class Kind(StrEnum):
     SLA_WARNING = "sla_warning"
     SLA_BREACH = "sla_breach"
     CONTACT_PATIENT = "contact_patient"
+    # A patient's emailed reply was quarantined: "open your conversation to send it securely".
+    REPLY_NOT_DELIVERED = "reply_not_delivered"
+    # Staff: a request landed in a pool nobody watches; sent to the clinic's fallback recipient.
+    UNWATCHED_REQUEST = "unwatched_request"
 
 
 PATIENT_KINDS = frozenset(
@@ -48,6 +52,7 @@ PATIENT_KINDS = frozenset(
         Kind.PASSWORD_RESET,
         Kind.REPLY_ACKNOWLEDGED,
         Kind.SLA_BREACH_PATIENT,
+        Kind.REPLY_NOT_DELIVERED,
     }
 )
 # Kinds a patient may switch off; the others are transactional and always sent.

@@ -67,7 +67,7 @@ async def test_canaries_never_reach_the_wire_or_the_logs(
         pool = await s.scalar(
             select(Pool).where(Pool.clinic_id == clinic.id, Pool.slug == "refills")
         )
-        s.add(PoolMember(pool_id=pool.id, staff_id=nurse.id))
+        await s.merge(PoolMember(pool_id=pool.id, staff_id=nurse.id))
     async with svc.transaction() as s:
         await invite(s, svc, patient=patient, clinic=clinic)
     thread = await world.thread(
