@@ -144,23 +144,6 @@ async def set_fallback(
     await audit.record(session, actor, "clinic.fallback", "clinic", clinic.id, staff_id=staff_id)
 
 
-MAX_URGENT_SLA_MINUTES = 24 * 60
-
-
-def check_urgent_sla(minutes: int) -> int:
-    if not 5 <= minutes <= MAX_URGENT_SLA_MINUTES:
-        raise UsageError(
-            f"the urgent reply deadline must be 5 to {MAX_URGENT_SLA_MINUTES} business minutes"
-        )
-    return minutes
-
-
-async def set_urgent_sla(session: AsyncSession, clinic: Clinic, *, minutes: int, actor: str) -> None:
-    clinic.urgent_sla_minutes = check_urgent_sla(minutes)
-    await session.flush()
-    await audit.record(session, actor, "clinic.urgent_sla", "clinic", clinic.id, minutes=minutes)
-
-
 async def unwatched_pool_ids(session: AsyncSession, clinic_id: str | None = None) -> set[str]:
     """Pools (of one clinic, or all) without a single active member."""
     watched = (

@@ -98,6 +98,7 @@ async def dashboard_page(request: Request, principal: AdminPrincipal, clinic: st
             "days": days,
             "held": await dashboard.quarantine_held(s, scope),
             "breaches": await dashboard.sla_breaches(s, scope),
+            "unwatched": await dashboard.unwatched_requests(s, scope),
             "funnel": await dashboard.funnel(s, scope),
             "problems": await dashboard.deliverability_problems(s, scope),
         }
