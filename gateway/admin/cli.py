@@ -89,7 +89,9 @@ def clinic_set(
             await clinics.set_urgent_sla(s, c, minutes=urgent_sla_minutes, actor="cli")
 
     run_with_services(ctx, go)
-    typer.echo(f"clinic {slug}: urgent requests are due within {urgent_sla_minutes} business minutes")
+    typer.echo(
+        f"clinic {slug}: urgent requests are due within {urgent_sla_minutes} business minutes"
+    )
 
 
 @clinic_app.command("list")

@@ -42,7 +42,9 @@ def check_urgent_sla(minutes: int) -> int:
     return minutes
 
 
-async def set_urgent_sla(session: AsyncSession, clinic: Clinic, *, minutes: int, actor: str) -> None:
+async def set_urgent_sla(
+    session: AsyncSession, clinic: Clinic, *, minutes: int, actor: str
+) -> None:
     clinic.urgent_sla_minutes = check_urgent_sla(minutes)
     await session.flush()
     await audit.record(session, actor, "clinic.urgent_sla", "clinic", clinic.id, minutes=minutes)

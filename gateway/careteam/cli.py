@@ -265,9 +265,7 @@ def pool_add_member(
 def pool_fallback(
     ctx: typer.Context,
     clinic: ClinicOpt,
-    staff_id: Annotated[
-        str, typer.Argument(help="The staff member's id (see 'staff list').")
-    ] = "",
+    staff_id: Annotated[str, typer.Argument(help="The staff member's id (see 'staff list').")] = "",
     default: Annotated[
         bool, typer.Option("--default", help="Go back to the default recipient.")
     ] = False,
@@ -284,8 +282,10 @@ def pool_fallback(
                 await pools.set_fallback(s, c, staff_id=staff_id or None, actor="cli")
             who = await digests.fallback_recipient(s, c)
             chosen = "chosen" if c.fallback_staff_id else "default"
-            return f"fallback recipient: {who.id} ({who.role}, {chosen})" if who else (
-                "no fallback recipient: add an active clinic admin or provider"
+            return (
+                f"fallback recipient: {who.id} ({who.role}, {chosen})"
+                if who
+                else ("no fallback recipient: add an active clinic admin or provider")
             )
 
     typer.echo(run_with_services(ctx, go))

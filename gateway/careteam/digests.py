@@ -183,7 +183,9 @@ async def note_unwatched(
     """
     fallback = await fallback_recipient(session, clinic)
     if fallback is None:
-        log.warning("clinic %s: request %s unwatched and no fallback recipient", clinic.id, thread.id)
+        log.warning(
+            "clinic %s: request %s unwatched and no fallback recipient", clinic.id, thread.id
+        )
         return None
     now = services.clock.now()
     row = await enqueue(
@@ -204,7 +206,12 @@ async def note_unwatched(
     )
     if urgent:
         row.next_attempt_at = min(row.next_attempt_at, now)
-    log.info("unwatched request %s pool=%s told fallback %s", thread.id, row.context.get("pool_id"), fallback.id)
+    log.info(
+        "unwatched request %s pool=%s told fallback %s",
+        thread.id,
+        row.context.get("pool_id"),
+        fallback.id,
+    )
     return fallback
 
 

@@ -89,7 +89,7 @@ def _start_clock(thread: Thread, clinic: Clinic, now: datetime, hours: float | N
 
 def _shorten_to_urgent(thread: Thread, clinic: Clinic, now: datetime) -> None:
     """A running clock moves to the urgent deadline when that is sooner (never later)."""
-    warn, due = sla.deadlines(clinic, now, urgent_hours(clinic))
+    due = sla.due_at(clinic, now, urgent_hours(clinic))
     if thread.sla_due_at is None or due < thread.sla_due_at:
         _start_clock(thread, clinic, now, urgent_hours(clinic))
 

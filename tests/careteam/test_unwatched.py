@@ -108,7 +108,7 @@ async def test_setup_page_refuses_routing_to_an_empty_pool(
     assert r.status_code == 422
     assert 'id="error"' in r.text and "has no members" in r.text
     async with services.sessions() as s:
-        rules = (await s.scalars(select(RoutingRule).where(RoutingRule.clinic_id == clinic.id)))
+        rules = await s.scalars(select(RoutingRule).where(RoutingRule.clinic_id == clinic.id))
         existing = list(rules)
     assert all(rule.pool_id != night.id for rule in existing)
 

@@ -92,9 +92,7 @@ async def test_urgent_request_emails_pool_and_fallback_at_once_despite_digests(
 
     await world.thread(clinic, patient)  # routine: held for the daily digest
     sent_before = set(await deliver_due(services))
-    assert not any(
-        n.id in sent_before for n in await notifications(services, Kind.STAFF_DIGEST)
-    )
+    assert not any(n.id in sent_before for n in await notifications(services, Kind.STAFF_DIGEST))
     await world.thread(clinic, patient, subject=CANARY_TEXT, body=CHEST_PAIN, urgent=True)
 
     digests = {n.staff_id: n for n in await notifications(services, Kind.STAFF_DIGEST)}
@@ -144,9 +142,7 @@ async def test_urgent_tops_the_queue_with_a_marker_and_staff_can_flag(
 
     # Staff flag the later one: its deadline shortens to one business hour and it moves up.
     await deliver_due(services)  # the first urgent digest goes out
-    r = await post(
-        browser, f"/staff/threads/{later.id}", f"/staff/threads/{later.id}/urgent", {}
-    )
+    r = await post(browser, f"/staff/threads/{later.id}", f"/staff/threads/{later.id}/urgent", {})
     assert r.status_code == 303
     async with services.sessions() as s:
         row = await s.get(Thread, later.id)
