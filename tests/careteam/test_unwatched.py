@@ -85,6 +85,27 @@ def test_cli_refuses_routing_to_an_empty_pool(tmp_path: Path) -> None:
     listed = json.loads(cb(cfg, "pool", "list", "--clinic", "east", "--json").stdout)
     assert {p["slug"]: p["members"] for p in listed}["nobody"] == 0
 
+    # The fallback recipient: nobody before any staff, then the first provider by default.
+    assert "no fallback recipient" in cb(cfg, "pool", "fallback", "--clinic", "east").stdout
+    added = cb(cfg, "staff", "add", "--clinic", "east", "--email", "dr@east.example",
+               "--name", "Dr. East", "--role", "provider")  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    staff_id = added.stdout.split()[1]
+    shown = cb(cfg, "pool", "fallback", "--clinic", "east").stdout
+    assert staff_id in shown and "default" in shown
+    chosen = cb(cfg, "pool", "fallback", "--clinic", "east", staff_id)
+    assert chosen.returncode == 0 and "chosen" in chosen.stdout
+    # The first staff member now watches every pool, so routing there is allowed.
+    routed = cb(cfg, "routing", "add", "--clinic", "east", "--type", "*", "--pool", "nobody")
+    assert routed.returncode == 0, routed.stderr
+
+    # The urgent reply deadline is a clinic setting.
+    assert cb(cfg, "clinic", "set", "east", "--urgent-sla-minutes", "30").returncode == 0
+    [east] = json.loads(cb(cfg, "clinic", "list", "--json").stdout)
+    assert east["urgent_sla_minutes"] == 30 and east["fallback_staff_id"] == staff_id
+    bad = cb(cfg, "clinic", "set", "east", "--urgent-sla-minutes", "0")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "minutes" in bad.stderr
+
 
 async def test_setup_page_refuses_routing_to_an_empty_pool(
     services: Services, world: World, browser: httpx.AsyncClient
