@@ -78,6 +78,11 @@ class Metrics:
             "Open threads already past their SLA deadline",
             registry=r,
         )
+        self.requests_unwatched = Gauge(
+            "carebridge_requests_unwatched",
+            "Open requests waiting in a pool with no active member (or in no pool)",
+            registry=r,
+        )
         self.patients_undeliverable = Gauge(
             "carebridge_patients_undeliverable",
             "Patients whose address bounces (deliverability not ok)",

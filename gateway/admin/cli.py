@@ -44,8 +44,15 @@ def clinic_add(
     timezone: Annotated[str, typer.Option(help="IANA timezone.")] = "UTC",
     reply_domain: Annotated[str, typer.Option(help="Domain patients reply to.")] = "",
     sending_domain: Annotated[str, typer.Option(help="Domain emails are sent from.")] = "",
+    urgent_sla_minutes: Annotated[
+        int, typer.Option(help="Reply deadline for urgent requests, in business minutes.")
+    ] = clinics.DEFAULT_URGENT_SLA_MINUTES,
 ) -> None:
-    """Add a clinic with its default pools and routing rules."""
+    """Add a clinic with its default pools and routing rules.
+
+    The pools start empty; the first staff member added ('carebridge staff add') joins every
+    pool nobody watches, and the clinic's fallback recipient ('carebridge pool fallback')
+    hears of any request that still lands where nobody watches."""
 
     async def go(services: Services) -> str:
         async with services.transaction() as s:
@@ -58,11 +65,33 @@ def clinic_add(
                 timezone=timezone,
                 reply_domain=reply_domain,
                 sending_domain=sending_domain,
+                urgent_sla_minutes=urgent_sla_minutes,
                 actor="cli",
             )
             return c.id
 
     typer.echo(f"clinic {slug} created ({run_with_services(ctx, go)})")
+
+
+@clinic_app.command("set")
+def clinic_set(
+    ctx: typer.Context,
+    slug: ClinicArg,
+    urgent_sla_minutes: Annotated[
+        int, typer.Option(help="Reply deadline for urgent requests, in business minutes.")
+    ],
+) -> None:
+    """Change a clinic's settings (the urgent reply deadline; applies to new urgent requests)."""
+
+    async def go(services: Services) -> None:
+        async with services.transaction() as s:
+            c = await clinics.get_clinic(s, slug)
+            await clinics.set_urgent_sla(s, c, minutes=urgent_sla_minutes, actor="cli")
+
+    run_with_services(ctx, go)
+    typer.echo(
+        f"clinic {slug}: urgent requests are due within {urgent_sla_minutes} business minutes"
+    )
 
 
 @clinic_app.command("list")
@@ -80,6 +109,8 @@ def clinic_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
                     "reply_domain": c.reply_domain,
                     "sending_domain": c.sending_domain,
                     "enrolment_code": c.enrolment_code,
+                    "urgent_sla_minutes": c.urgent_sla_minutes,
+                    "fallback_staff_id": c.fallback_staff_id or "",
                 }
                 for c in await clinics.list_clinics(s)
             ]

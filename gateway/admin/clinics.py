@@ -29,6 +29,27 @@ DEFAULT_POOLS = (
 )
 
 
+# An urgent request's reply deadline, in business minutes (Clinic.urgent_sla_minutes).
+DEFAULT_URGENT_SLA_MINUTES = 60
+MAX_URGENT_SLA_MINUTES = 24 * 60
+
+
+def check_urgent_sla(minutes: int) -> int:
+    if not 5 <= minutes <= MAX_URGENT_SLA_MINUTES:
+        raise UsageError(
+            f"the urgent reply deadline must be 5 to {MAX_URGENT_SLA_MINUTES} business minutes"
+        )
+    return minutes
+
+
+async def set_urgent_sla(
+    session: AsyncSession, clinic: Clinic, *, minutes: int, actor: str
+) -> None:
+    clinic.urgent_sla_minutes = check_urgent_sla(minutes)
+    await session.flush()
+    await audit.record(session, actor, "clinic.urgent_sla", "clinic", clinic.id, minutes=minutes)
+
+
 def check_slug(slug: str, what: str) -> str:
     if not _SLUG.match(slug):
         raise UsageError(
@@ -60,12 +81,18 @@ async def add_clinic(
     timezone: str = "UTC",
     reply_domain: str = "",
     sending_domain: str = "",
+    urgent_sla_minutes: int = DEFAULT_URGENT_SLA_MINUTES,
     actor: str,
 ) -> Clinic:
-    """Create a clinic with its default pools and routing rules."""
+    """Create a clinic with its default pools and routing rules.
+
+    The pools start empty: the clinic's first staff member is put into every pool nobody
+    watches when they are added (:func:`gateway.careteam.pools.fill_empty_pools`), and until
+    then the fallback recipient rule covers them (there is nobody to tell before any staff)."""
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
     check_slug(slug, "clinic")
+    check_urgent_sla(urgent_sla_minutes)
     try:
         ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError):
@@ -83,6 +110,7 @@ async def add_clinic(
         holidays=[],
         branding={},
         urgent_terms=[],
+        urgent_sla_minutes=urgent_sla_minutes,
         enrolment_code=secrets.token_hex(4).upper(),
         reply_domain=reply_domain.lower(),
         sending_domain=(sending_domain or reply_domain).lower(),

@@ -28,6 +28,7 @@ from gateway.models import (
     InboundMessage,
     Notification,
     Patient,
+    PoolMember,
     QuarantineItem,
     Staff,
     Thread,
@@ -275,6 +276,24 @@ async def sla_breaches(
     ]
 
 
+async def unwatched_requests(session: AsyncSession, scope: Scope) -> int:
+    """Open requests waiting in a pool with no active member, or in no pool at all.
+
+    Each still reaches the clinic's fallback recipient, but a non-zero count means routing
+    points at a pool nobody works: an operator alert (``carebridge_requests_unwatched``)."""
+    watched = (
+        select(PoolMember.pool_id)
+        .join(Staff, Staff.id == PoolMember.staff_id)
+        .where(Staff.active.is_(True))
+    )
+    q = select(func.count()).where(
+        Thread.status == "open",
+        or_(Thread.pool_id.is_(None), Thread.pool_id.not_in(watched)),
+        scope.where(Thread.clinic_id),
+    )
+    return int(await session.scalar(q) or 0)
+
+
 async def open_breach_count(session: AsyncSession, scope: Scope) -> int:
     q = select(func.count()).where(
         Thread.status == "open", Thread.sla_breached_at.is_not(None), scope.where(Thread.clinic_id)
@@ -395,6 +414,7 @@ async def refresh_gauges(services: Any) -> None:
         oldest = await oldest_waiting(s, everyone)
         held = await quarantine_held(s, everyone)
         breached = await open_breach_count(s, everyone)
+        unwatched = await unwatched_requests(s, everyone)
         undeliverable = int(
             await s.scalar(select(func.count()).where(Patient.deliverability != "ok")) or 0
         )
@@ -413,6 +433,7 @@ async def refresh_gauges(services: Any) -> None:
     m.queue_oldest_age.set(max(0.0, (now - oldest).total_seconds()) if oldest else 0)
     m.quarantine_size.set(held)
     m.sla_breached_open.set(breached)
+    m.requests_unwatched.set(unwatched)
     m.patients_undeliverable.set(undeliverable)
     for state in ("pending", "active", "retiring", "retired"):
         m.dkim_keys.labels(state=state).set(key_counts.get(state, 0))

@@ -12,7 +12,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from gateway.admin import clinics
-from gateway.careteam import staff
+from gateway.careteam import pools, staff
 from gateway.errors import CarebridgeError
 from gateway.models import Clinic
 from gateway.outbound import dkim
@@ -54,21 +54,28 @@ async def seed(services: Services) -> list[str]:
             actor="demo",
         )
         password = secrets.token_urlsafe(10)
+        team = []
         for name, email, role in (
             ("Dana Admin", "admin@riverside.example", "clinic_admin"),
             ("Dr. Rivera", "rivera@riverside.example", "provider"),
             ("Front Desk", "desk@riverside.example", "front_desk"),
         ):
-            await staff.add_staff(
-                s,
-                services.keyring,
-                clinic=clinic,
-                name=name,
-                email=email,
-                role=role,
-                password=password,
-                actor="demo",
+            team.append(
+                await staff.add_staff(
+                    s,
+                    services.keyring,
+                    clinic=clinic,
+                    name=name,
+                    email=email,
+                    role=role,
+                    password=password,
+                    actor="demo",
+                )
             )
+        # The whole demo team watches every pool: a demo request always reaches someone.
+        for pool in await pools.pools_of(s, clinic.id):
+            for member in team:
+                await pools.add_member(s, pool=pool, staff_id=member.id, actor="demo")
         result = await patients.enroll(
             s,
             services.keyring,

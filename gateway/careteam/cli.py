@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway import audit
 from gateway.admin import clinics
-from gateway.careteam import pools, sla, staff
+from gateway.careteam import digests, pools, sla, staff
 from gateway.clitools import ClinicFilterOpt, ClinicOpt, JsonOpt, emit, run_with_services
 from gateway.errors import UsageError
 from gateway.services import Services
@@ -211,7 +211,7 @@ def pool_list(ctx: typer.Context, clinic: ClinicOpt, as_json: JsonOpt = False) -
                 {
                     "slug": p.slug,
                     "name": p.name,
-                    "members": len(await pools.members_of(s, p.id)),
+                    "members": await pools.active_member_count(s, p.id),
                     "open": len(await pools.queue(s, p.id)),
                     "id": p.id,
                 }
@@ -259,6 +259,36 @@ def pool_add_member(
 
     run_with_services(ctx, go)
     typer.echo("member added")
+
+
+@pool_app.command("fallback")
+def pool_fallback(
+    ctx: typer.Context,
+    clinic: ClinicOpt,
+    staff_id: Annotated[str, typer.Argument(help="The staff member's id (see 'staff list').")] = "",
+    default: Annotated[
+        bool, typer.Option("--default", help="Go back to the default recipient.")
+    ] = False,
+) -> None:
+    """Show or choose who hears of requests landing in a pool nobody watches.
+
+    The default is the clinic's first active clinic admin, else its first provider. Without
+    STAFF_ID (or --default) it prints the current recipient."""
+
+    async def go(services: Services) -> str:
+        async with services.transaction() as s:
+            c = await clinics.get_clinic(s, clinic)
+            if staff_id or default:
+                await pools.set_fallback(s, c, staff_id=staff_id or None, actor="cli")
+            who = await digests.fallback_recipient(s, c)
+            chosen = "chosen" if c.fallback_staff_id else "default"
+            return (
+                f"fallback recipient: {who.id} ({who.role}, {chosen})"
+                if who
+                else ("no fallback recipient: add an active clinic admin or provider")
+            )
+
+    typer.echo(run_with_services(ctx, go))
 
 
 # -- calendar ------------------------------------------------------------------------------

@@ -4,6 +4,11 @@ Routing rules are data, kept in order: the first rule (lowest position) whose re
 matches wins (``*`` catches everything else), see :func:`gateway.careteam.threads.route`.
 Every change is audited with ids only. Pool names and quick replies are the clinic's own
 words, never PHI.
+
+Nobody unwatched: a rule may only send requests to a pool with at least one active member
+(:func:`add_rule`, :func:`update_rule` and :func:`move_rule` refuse otherwise, saying how to
+fix it), and every clinic has a fallback triage recipient (:func:`fallback_recipient`) who is
+told about anything that still lands where nobody watches (a member left, a default rule).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from gateway import audit
 from gateway.admin.clinics import check_slug
 from gateway.careteam.threads import ANY_REQUEST
 from gateway.errors import NotFoundError, UsageError
-from gateway.models import Pool, PoolMember, QuickReply, RoutingRule, Staff, Thread
+from gateway.models import Clinic, Pool, PoolMember, QuickReply, RoutingRule, Staff, Thread
 from gateway.models.org import REQUEST_TYPES
 
 MAX_SLA_HOURS = 24 * 14
@@ -89,6 +94,69 @@ async def members_of(session: AsyncSession, pool_id: str) -> Sequence[Staff]:
     ).all()
 
 
+async def active_member_count(session: AsyncSession, pool_id: str) -> int:
+    return int(
+        await session.scalar(
+            select(func.count())
+            .select_from(PoolMember)
+            .join(Staff, Staff.id == PoolMember.staff_id)
+            .where(PoolMember.pool_id == pool_id, Staff.active.is_(True))
+        )
+        or 0
+    )
+
+
+async def _watched(session: AsyncSession, pool: Pool) -> Pool:
+    """The pool, if someone watches it; otherwise a refusal that says what to do."""
+    if await active_member_count(session, pool.id) == 0:
+        raise UsageError(
+            f"pool {pool.slug!r} has no members, so requests routed there would reach nobody: "
+            f"add a staff member to it first ('carebridge pool add-member' or the set-up page)"
+        )
+    return pool
+
+
+async def fill_empty_pools(session: AsyncSession, member: Staff, *, actor: str) -> list[str]:
+    """Put ``member`` into every pool of their clinic that has no active member; the pool ids.
+
+    Called when a staff member is added: the clinic's first staff member watches every
+    default pool, so a new clinic never routes requests to nobody (the admin reshapes the
+    pools later). Operators span clinics and are never filled in.
+    """
+    if member.clinic_id is None or member.role == "operator" or not member.active:
+        return []
+    filled = []
+    for pool in await pools_of(session, member.clinic_id):
+        if await active_member_count(session, pool.id) == 0:
+            await add_member(session, pool=pool, staff_id=member.id, actor=actor)
+            filled.append(pool.id)
+    return filled
+
+
+async def set_fallback(
+    session: AsyncSession, clinic: Clinic, *, staff_id: str | None, actor: str
+) -> None:
+    """Choose the clinic's fallback triage recipient (None: back to the default)."""
+    if staff_id:
+        await _clinic_staff(session, clinic.id, staff_id)
+    clinic.fallback_staff_id = staff_id or None
+    await session.flush()
+    await audit.record(session, actor, "clinic.fallback", "clinic", clinic.id, staff_id=staff_id)
+
+
+async def unwatched_pool_ids(session: AsyncSession, clinic_id: str | None = None) -> set[str]:
+    """Pools (of one clinic, or all) without a single active member."""
+    watched = (
+        select(PoolMember.pool_id)
+        .join(Staff, Staff.id == PoolMember.staff_id)
+        .where(Staff.active.is_(True))
+    )
+    q = select(Pool.id).where(Pool.id.not_in(watched))
+    if clinic_id is not None:
+        q = q.where(Pool.clinic_id == clinic_id)
+    return set((await session.scalars(q)).all())
+
+
 async def add_member(session: AsyncSession, *, pool: Pool, staff_id: str, actor: str) -> None:
     await _clinic_staff(session, pool.clinic_id, staff_id)
     if await session.get(PoolMember, (pool.id, staff_id)) is None:
@@ -141,7 +209,7 @@ async def add_rule(
             f"request type {request_type!r} is unknown; use one of: "
             f"{', '.join(REQUEST_TYPES)}, or * for everything else"
         )
-    await get_pool(session, clinic_id, pool_id)
+    await _watched(session, await get_pool(session, clinic_id, pool_id))
     last = await session.scalar(
         select(func.max(RoutingRule.position)).where(RoutingRule.clinic_id == clinic_id)
     )
@@ -182,6 +250,8 @@ async def move_rule(
     if rule_id not in ids:
         raise NotFoundError("no such routing rule at this clinic")
     i = ids.index(rule_id)
+    # Moving a rule changes which pool its requests reach: only towards a watched pool.
+    await _watched(session, views[i].pool)
     j = max(0, min(len(ids) - 1, i + offset))
     ids.insert(j, ids.pop(i))
     by_id = {v.rule.id: v.rule for v in views}
@@ -201,7 +271,7 @@ async def update_rule(
     actor: str,
 ) -> None:
     rule = await _rule(session, clinic_id, rule_id)
-    await get_pool(session, clinic_id, pool_id)
+    await _watched(session, await get_pool(session, clinic_id, pool_id))
     rule.pool_id = pool_id
     rule.sla_hours = _check_sla(sla_hours)
     await session.flush()

@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway import audit
 from gateway.addresses import index_form, validate_address
+from gateway.careteam import pools
 from gateway.crypto import KeyRing
 from gateway.errors import NotFoundError, UsageError
 from gateway.models import Clinic, Staff
@@ -47,6 +48,8 @@ async def add_staff(
     session.add(member)
     await session.flush()
     await audit.record(session, actor, "staff.create", "staff", member.id, role=role)
+    # A clinic's first staff member watches every pool nobody watches yet.
+    await pools.fill_empty_pools(session, member, actor=actor)
     return member
 
 

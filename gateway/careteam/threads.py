@@ -7,6 +7,12 @@ door a message came through. Functions work in the caller's transaction and neve
 SLA clock: a patient message starts the clock when none is running (a second message before
 the clinic answers keeps the first, earlier deadline, so writing again never pushes the
 clinic's deadline out); a staff answer to the patient stops it; internal notes do not.
+
+Urgent first: a thread flagged urgent (by the portal's urgent screen or by staff) runs on the
+clinic's own short clock (``Clinic.urgent_sla_minutes`` business minutes, one business hour by
+default) and its pool, and the fallback recipient, are told at once whatever their digest
+settings. Nobody unwatched: a request landing in a pool with no active member (or in no pool)
+is sent to the clinic's fallback recipient (:func:`gateway.careteam.digests.note_unwatched`).
 """
 
 from __future__ import annotations
@@ -65,13 +71,27 @@ async def route(
     return await session.get(Pool, rule.pool_id), rule
 
 
-def _start_clock(thread: Thread, clinic: Clinic, now: datetime, hours: int | None) -> None:
+def urgent_hours(clinic: Clinic) -> float:
+    """The clinic's urgent reply deadline in business hours (default one)."""
+    return (clinic.urgent_sla_minutes or 60) / 60
+
+
+def _start_clock(thread: Thread, clinic: Clinic, now: datetime, hours: float | None) -> None:
+    if thread.urgent:
+        hours = urgent_hours(clinic) if hours is None else min(hours, urgent_hours(clinic))
     warn, due = sla.deadlines(clinic, now, hours)
     thread.sla_started_at = now
     thread.sla_warn_at = warn
     thread.sla_due_at = due
     thread.sla_warned_at = None
     thread.sla_breached_at = None
+
+
+def _shorten_to_urgent(thread: Thread, clinic: Clinic, now: datetime) -> None:
+    """A running clock moves to the urgent deadline when that is sooner (never later)."""
+    due = sla.due_at(clinic, now, urgent_hours(clinic))
+    if thread.sla_due_at is None or due < thread.sla_due_at:
+        _start_clock(thread, clinic, now, urgent_hours(clinic))
 
 
 def stop_clock(thread: Thread) -> None:
@@ -118,11 +138,22 @@ async def _acknowledge(
 async def _notify_pool(
     session: AsyncSession, services: Services, thread: Thread, urgent: bool
 ) -> None:
-    if thread.pool_id is None:
+    """Tell the pool; tell the fallback recipient when nobody watches it, or when urgent."""
+    pool = await session.get(Pool, thread.pool_id) if thread.pool_id else None
+    clinic = await session.get(Clinic, thread.clinic_id)
+    if clinic is None:
         return
-    pool = await session.get(Pool, thread.pool_id)
-    if pool is not None:
-        await digests.note_new_message(session, services, pool=pool, urgent=urgent)
+    members = await digests.pool_members(session, pool.id) if pool is not None else []
+    if pool is None or not members:
+        await digests.note_unwatched(
+            session, services, clinic=clinic, thread=thread, pool=pool, urgent=urgent
+        )
+        return
+    reached = await digests.note_new_message(session, services, pool=pool, urgent=urgent)
+    if urgent:
+        await digests.note_urgent_to_fallback(
+            session, services, clinic=clinic, pool=pool, reached=reached
+        )
 
 
 async def create_thread(
@@ -231,6 +262,8 @@ async def post_patient_message(
     thread.updated_at = now
     if thread.sla_due_at is None:
         _start_clock(thread, clinic, now, await _sla_hours(session, thread))
+    elif thread.urgent:
+        _shorten_to_urgent(thread, clinic, now)
     await session.flush()
     await audit.record(
         session,
@@ -389,6 +422,27 @@ async def assign(
         at=now,
         assignee_id=assignee.id if assignee else None,
     )
+    return thread
+
+
+async def mark_urgent(
+    session: AsyncSession, services: Services, *, thread: Thread, staff: Staff
+) -> Thread:
+    """Staff flag a thread urgent: the urgent clock (if it shortens the deadline), the top
+    of the queue, and an immediate notice to the pool and the fallback recipient."""
+    if not staff_may_act(staff, thread):
+        raise UsageError("this staff account may not act on another clinic's thread")
+    if thread.urgent:
+        return thread
+    now = services.clock.now()
+    clinic = await session.get(Clinic, thread.clinic_id)
+    thread.urgent = True
+    thread.updated_at = now
+    if clinic is not None and thread.status == "open" and thread.sla_due_at is not None:
+        _shorten_to_urgent(thread, clinic, now)
+    await session.flush()
+    await audit.record(session, f"staff:{staff.id}", "thread.urgent", "thread", thread.id, at=now)
+    await _notify_pool(session, services, thread, True)
     return thread
 
 

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway import audit
 from gateway.addresses import index_form
 from gateway.errors import InvalidAddressError
-from gateway.inbound import auth, parsing, routing
+from gateway.inbound import auth, parsing, quarantine, routing
 from gateway.inbound.auth import AuthVerdict, ReceivedEnvelope
 from gateway.inbound.handling import (
     BounceRecorded,
@@ -176,6 +176,7 @@ async def apply_one(
                 return None, True
             outcome = Quarantine("processing_error", f"{handler.name} raised {type(exc).__name__}")
     await record_outcome(session, row, outcome, now)
+    await quarantine.tell_patient(services, session, row, outcome, now)  # nobody in silence
     return outcome, False
 
 

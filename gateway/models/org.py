@@ -45,6 +45,12 @@ class Clinic(Base):
     staff_email_replies: Mapped[bool] = mapped_column(Boolean, default=False)
     # Red-flag terms the clinic adds to the default urgent-content lexicon.
     urgent_terms: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # Reply deadline, in business minutes, for a request flagged urgent (by the screen or staff).
+    urgent_sla_minutes: Mapped[int] = mapped_column(Integer, default=60)
+    # Who gets the staff notice for a request landing where no member watches (None: the first
+    # active clinic admin, else provider). A plain id, not a foreign key: staff rows point at
+    # their clinic, and a key both ways would make the two tables a cycle.
+    fallback_staff_id: Mapped[str | None] = mapped_column(ID)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

@@ -38,6 +38,10 @@ class Kind(StrEnum):
     CONTACT_PATIENT = "contact_patient"
     # Another clinic asked to care for the patient; they approve or decline in the portal.
     CLINIC_CONNECTION = "clinic_connection"
+    # A patient's emailed reply was quarantined: "open your conversation to send it securely".
+    REPLY_NOT_DELIVERED = "reply_not_delivered"
+    # Staff: a request landed in a pool nobody watches; sent to the clinic's fallback recipient.
+    UNWATCHED_REQUEST = "unwatched_request"
 
 
 PATIENT_KINDS = frozenset(
@@ -51,6 +55,7 @@ PATIENT_KINDS = frozenset(
         Kind.REPLY_ACKNOWLEDGED,
         Kind.SLA_BREACH_PATIENT,
         Kind.CLINIC_CONNECTION,
+        Kind.REPLY_NOT_DELIVERED,
     }
 )
 # Kinds a patient may switch off; the others are transactional and always sent.

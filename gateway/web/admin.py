@@ -100,6 +100,7 @@ async def dashboard_page(
             "days": days,
             "held": await dashboard.quarantine_held(s, scope),
             "breaches": await dashboard.sla_breaches(s, scope),
+            "unwatched": await dashboard.unwatched_requests(s, scope),
             "funnel": await dashboard.funnel(s, scope),
             "problems": await dashboard.deliverability_problems(s, scope),
         }

@@ -16,7 +16,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway import audit
-from gateway.admin.clinics import list_clinics
+from gateway.admin.clinics import list_clinics, set_urgent_sla
 from gateway.careteam import digests, pools, sla, threads, workspace
 from gateway.careteam.staff import list_staff
 from gateway.errors import CarebridgeError, UsageError
@@ -202,6 +202,17 @@ async def assign(request: Request, thread_id: str, principal: AnyStaff) -> Respo
     return _back(thread_id)
 
 
+@router.post("/threads/{thread_id}/urgent", dependencies=CSRF)
+async def mark_urgent(request: Request, thread_id: str, principal: AnyStaff) -> Response:
+    """Flag a thread urgent: the urgent deadline, the top of the queue, the pool told now."""
+    services = services_of(request)
+    async with services.transaction() as s:
+        me = await _me(s, principal)
+        thread = await _thread(s, me, thread_id)
+        await threads.mark_urgent(s, services, thread=thread, staff=me)
+    return _back(thread_id)
+
+
 @router.post("/threads/{thread_id}/close", dependencies=CSRF)
 async def close(request: Request, thread_id: str, principal: AnyStaff) -> Response:
     services = services_of(request)
@@ -260,6 +271,8 @@ async def _setup_page(
         request_types=[*REQUEST_TYPES, "*"],
         quick_replies=list(await pools.quick_replies(s, clinic.id)),
         hours=sla.format_hours(clinic.business_hours or {}),
+        unwatched=await pools.unwatched_pool_ids(s, clinic.id),
+        fallback=await digests.fallback_recipient(s, clinic),
         error=error,
     )
 
@@ -338,6 +351,13 @@ async def _apply(
         await workspace.set_staff_email_replies(
             s, clinic, enabled=f.get("staff_email_replies") == "1", actor=actor
         )
+    elif action == "fallback":
+        await pools.set_fallback(s, clinic, staff_id=f.get("staff_id", "") or None, actor=actor)
+    elif action == "urgent-sla":
+        minutes = f.get("urgent_sla_minutes", "").strip()
+        if not minutes.isdigit():
+            raise UsageError("the urgent reply deadline must be a whole number of minutes")
+        await set_urgent_sla(s, clinic, minutes=int(minutes), actor=actor)
     elif action == "add-quick-reply":
         await pools.add_quick_reply(
             s, clinic_id=clinic.id, title=f.get("title", ""), body=f.get("body", ""), actor=actor

@@ -89,6 +89,11 @@ def test_routing_rules_in_order_and_editable(cfg: Path) -> None:
     ]
     added = cb(cfg, "pool", "add", "--clinic", "north", "dr-x", "--name", "Dr. X's team")
     assert added.returncode == 0
+    staffed = cb(cfg, "staff", "add", "--clinic", "north", "--email", "x@north.example",
+                 "--name", "Dr. X", "--role", "provider")  # fmt: skip
+    assert staffed.returncode == 0, staffed.stderr
+    staff_id = staffed.stdout.split()[1]
+    assert cb(cfg, "pool", "add-member", "--clinic", "north", "dr-x", staff_id).returncode == 0
     r = cb(cfg, "routing", "add", "--clinic", "north", "--type", "*", "--pool", "dr-x",
            "--sla-hours", "4")  # fmt: skip
     assert r.returncode == 0, r.stderr

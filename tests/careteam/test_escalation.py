@@ -38,7 +38,7 @@ async def test_warning_then_breach_at_the_right_moments(
         )
         assert pool is not None
         pool.supervisor_id = supervisor.id
-        s.add(PoolMember(pool_id=pool.id, staff_id=nurse.id))
+        await s.merge(PoolMember(pool_id=pool.id, staff_id=nurse.id))
     # Friday 17:30 local: due Monday 17:00, warned Monday 14:45 (75% of 9 business hours).
     clock.set(datetime(2026, 3, 6, 17, 30, tzinfo=CHI).astimezone(UTC))
     t = await world.thread(clinic, patient, subject=CANARY_TEXT, body=CANARY_TEXT)

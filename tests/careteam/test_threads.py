@@ -194,8 +194,8 @@ async def test_staff_digest_is_coalesced_with_counts(services: Services, world: 
     quiet = await world.staff(clinic)
     refills = await _pool(services, clinic.id, "refills")
     async with services.transaction() as s:
-        s.add(PoolMember(pool_id=refills.id, staff_id=nurse.id))
-        s.add(PoolMember(pool_id=refills.id, staff_id=quiet.id))
+        await s.merge(PoolMember(pool_id=refills.id, staff_id=nurse.id))
+        await s.merge(PoolMember(pool_id=refills.id, staff_id=quiet.id))
         q = await s.get(type(quiet), quiet.id)
         assert q is not None
         q.preferences = {"digest": "off"}
@@ -212,9 +212,12 @@ async def test_staff_digest_is_coalesced_with_counts(services: Services, world: 
                 urgent=urgent,
                 actor="test",
             )
-    [digest] = await _notifications(services, Kind.STAFF_DIGEST)
-    assert digest.staff_id == nurse.id
+    digests = {d.staff_id: d for d in await _notifications(services, Kind.STAFF_DIGEST)}
+    assert set(digests) == {nurse.id, quiet.id}
+    digest = digests[nurse.id]
     assert digest.context["count"] == 3 and digest.context["urgent_count"] == 1
+    # Digests off still hears of urgent work, and only of that.
+    assert (digests[quiet.id].context["count"], digests[quiet.id].context["urgent_count"]) == (1, 1)
     assert digest.context["pool_id"] == refills.id
     assert CANARY_TEXT not in str(digest.context)
 
@@ -258,7 +261,7 @@ async def test_digest_preferences_hourly_urgent_and_off(
     clock.set(datetime(2026, 3, 4, 15, 20, tzinfo=UTC))
     async with services.transaction() as s:
         for member, prefs in ((hourly, {"digest": "hourly"}), (urgent_only, {"urgent_only": True})):
-            s.add(PoolMember(pool_id=refills.id, staff_id=member.id))
+            await s.merge(PoolMember(pool_id=refills.id, staff_id=member.id))
             row = await s.get(Staff, member.id)
             assert row is not None
             row.preferences = prefs

@@ -69,7 +69,7 @@ async def test_nurse_works_the_refills_queue(
     colleague = await world.staff(clinic, name="Dr Bo", role="provider")
     refills = await _pool(services, clinic.id, "refills")
     async with services.transaction() as s:
-        s.add(PoolMember(pool_id=refills.id, staff_id=nurse.id))
+        await s.merge(PoolMember(pool_id=refills.id, staff_id=nurse.id))
     made = []
     for n, urgent in enumerate((False, False, True)):
         made.append(
@@ -230,7 +230,7 @@ async def test_clinic_admin_edits_routing_in_order(
 ) -> None:
     clinic = await world.clinic()
     patient = await world.patient(clinic)
-    await world.staff(clinic, email="admin@clinic.example", role="clinic_admin")
+    admin = await world.staff(clinic, email="admin@clinic.example", role="clinic_admin")
     await sign_in(browser, "admin@clinic.example")
     page = await browser.get("/staff/setup")
     assert page.status_code == 200
@@ -245,6 +245,14 @@ async def test_clinic_admin_edits_routing_in_order(
     )
     assert r.status_code == 303
     drx = await _pool(services, clinic.id, "dr-x")
+    # Requests may only be routed to a pool someone watches.
+    r = await post(
+        browser,
+        "/staff/setup",
+        "/staff/setup",
+        {"action": "add-member", "pool_id": drx.id, "staff_id": admin.id},
+    )
+    assert r.status_code == 303
     r = await post(
         browser,
         "/staff/setup",

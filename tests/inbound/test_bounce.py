@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from flufl.bounce import all_failures
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from gateway.inbound.parsing import parse_sync
 from gateway.inbound.routing import resolve_recipient
@@ -67,7 +67,10 @@ async def test_bounce_samples_are_classified_and_traced(make_intake, story, name
     async with services.transaction() as s:
         pool = await s.scalar(select(Pool).where(Pool.clinic_id == story.clinic.id).limit(1))
         assert pool is not None
-        s.add(PoolMember(pool_id=pool.id, staff_id=others[0].id))
+        # A clinic's first staff member starts in every pool: take the story's nurse out,
+        # so they are the colleague outside every pool.
+        await s.execute(delete(PoolMember).where(PoolMember.staff_id != others[0].id))
+        await s.merge(PoolMember(pool_id=pool.id, staff_id=others[0].id))
     raw = _sample(name, address)
     label = _flufl_label(raw)
     assert (label == "permanent") == (EXPECTED[name] in ("hard", "policy"))

@@ -67,7 +67,7 @@ async def test_canaries_never_reach_the_wire_or_the_logs(
         pool = await s.scalar(
             select(Pool).where(Pool.clinic_id == clinic.id, Pool.slug == "refills")
         )
-        s.add(PoolMember(pool_id=pool.id, staff_id=nurse.id))
+        await s.merge(PoolMember(pool_id=pool.id, staff_id=nurse.id))
     async with svc.transaction() as s:
         await invite(s, svc, patient=patient, clinic=clinic)
     thread = await world.thread(
@@ -94,12 +94,35 @@ async def test_canaries_never_reach_the_wire_or_the_logs(
                 now=clock.now(),
                 patient_id=patient.id,
             )
+        # Nobody left in silence: the "reply not delivered" notice to the patient and the
+        # "request nobody watches" notice to staff carry a thread (and pool), never its words.
+        await notify.enqueue(
+            s,
+            svc.keyring,
+            notice=Notice(kind=Kind.REPLY_NOT_DELIVERED, thread_id=thread.id),
+            clinic_id=clinic.id,
+            recipient=patient.email,
+            now=clock.now(),
+            patient_id=patient.id,
+        )
+        await notify.enqueue(
+            s,
+            svc.keyring,
+            notice=Notice(
+                kind=Kind.UNWATCHED_REQUEST, urgent_count=1, thread_id=thread.id, pool_id=pool.id
+            ),
+            clinic_id=clinic.id,
+            recipient=nurse.email,
+            now=clock.now(),
+            staff_id=nurse.id,
+        )
     await deliver_all(svc)
     clock.advance(days=1)  # past every coalescing window and digest schedule
     await deliver_all(svc)
 
     kinds_sent = len(sink.messages)
-    assert kinds_sent >= 7, kinds_sent  # invitation, ack, digest, message, result, reminder, reset
+    # invitation, ack, digest, message, result, reminder, reset, reply not delivered, unwatched
+    assert kinds_sent >= 9, kinds_sent
     wire = (bytes(sink.raw) + bytes(sink.raw_replies)).lower()
     decoded = "\n".join(_decoded(m[2]) for m in sink.messages).lower()
     # Our own log lines (the sink's aiosmtpd logs the dialogue: it is the peer, not us).
@@ -113,6 +136,6 @@ async def test_canaries_never_reach_the_wire_or_the_logs(
         assert canary.lower() not in ours, canary
     # The address is needed to deliver: RCPT TO and To, nowhere else (not even in logs).
     to_patient = sum(1 for m in sink.messages if m[1] == [CANARY_EMAIL])
-    assert to_patient >= 6
+    assert to_patient >= 7
     assert wire.count(CANARY_EMAIL.lower().encode()) == 2 * to_patient
     assert CANARY_EMAIL.lower() not in ours

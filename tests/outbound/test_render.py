@@ -67,8 +67,10 @@ def test_plurals_and_counts(renderer):
     one = dataclasses.replace(_context("patient", Kind.NEW_MESSAGE, "es"), count=1)
     assert renderer.render(one).subject == "Tiene un mensaje seguro nuevo"
     digest = renderer.render(_context("staff", Kind.STAFF_DIGEST, "en"))
-    assert digest.subject == "3 new messages in Refills"
+    assert digest.subject == "Urgent: 3 new messages in Refills"
     assert "1 is marked urgent." in digest.text
+    calm = dataclasses.replace(_context("staff", Kind.STAFF_DIGEST, "en"), urgent_count=0)
+    assert renderer.render(calm).subject == "3 new messages in Refills"
 
 
 def test_the_context_has_no_field_for_phi():

@@ -2,7 +2,7 @@
 
 Revision ID: 0001_initial
 Revises:
-Create Date: 2026-12-02 00:02:43.239872
+Create Date: 2026-12-02 00:07:31.401013
 """
 
 from __future__ import annotations
@@ -161,6 +161,8 @@ def upgrade() -> None:
         sa.Column("tls_required", sa.Boolean(), nullable=False),
         sa.Column("staff_email_replies", sa.Boolean(), nullable=False),
         sa.Column("urgent_terms", sa.JSON(), nullable=False),
+        sa.Column("urgent_sla_minutes", sa.Integer(), nullable=False),
+        sa.Column("fallback_staff_id", sa.String(length=32), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["org_id"], ["organisation.id"], name=op.f("fk_clinic_org_id_organisation")
