@@ -335,7 +335,7 @@ async def preferences(request: Request, principal: Principal = Patient) -> Respo
 
 @router.get("/portal/connections")
 async def connections_page(
-    request: Request, principal: Principal = Patient, done: str = ""
+    request: Request, principal: Principal = Patient, done: ShortParam = ""
 ) -> HTMLResponse:
     async with services_of(request).sessions() as s:
         patient = await patients.get_patient(s, principal.id)
