@@ -75,6 +75,12 @@ def classify(msg: EmailMessage) -> tuple[str, str] | None:
     return None
 
 
+def _verdict(extracted: object) -> tuple[str, str] | None:
+    if isinstance(extracted, tuple) and len(extracted) == 2:
+        return str(extracted[0]), str(extracted[1])
+    return None
+
+
 async def _pool_staff(ctx: Context, clinic_id: str) -> list[Staff]:
     # A subquery, not DISTINCT: PostgreSQL cannot compare the JSON column for DISTINCT.
     in_pools = (
@@ -131,7 +137,9 @@ class BounceHandler:
         notification = await ctx.session.get(Notification, token.subject_id)
         if notification is None:
             return Quarantine("token_invalid", "the bounce token's notification is gone")
-        verdict = classify(ctx.msg)
+        # Classified in the parse pool (the route's ``extract``): flufl.bounce walks every
+        # MIME part, which must stay within the parse deadline and off the event loop.
+        verdict = _verdict(ctx.mail.extracted)
         if verdict is None:
             # Often an out-of-office answer sent to the envelope sender: nothing to do.
             return Ignore("not_a_bounce")

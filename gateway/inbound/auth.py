@@ -1,11 +1,12 @@
 """The authentication gate: who really sent this message?
 
-Evaluated for every inbound message: DKIM (dkimpy, each signature), SPF (pyspf, for mail that
-came over SMTP with a peer address) and DMARC-style alignment of the passing identities with
-the From domain (relaxed: same organisational domain, from the public suffix list). All DNS goes
-through ``[dns] nameservers``. For mail already checked upstream (IMAP), an
-``Authentication-Results`` header is believed only when stamped by ``[inbound]
-trusted_authserv_id``; any other such header is ignored, since anyone can write one.
+Evaluated for every inbound message: DKIM (dkimpy, at most ``[inbound] max_dkim_signatures``),
+SPF (pyspf, for mail that came over SMTP with a peer address) and DMARC-style alignment of the
+passing identities with the From domain (relaxed: same organisational domain, from the public
+suffix list). All DNS goes through ``[dns] nameservers``, and all lookups for one message share
+``[inbound] dns_budget_seconds`` (then the verdict is temperror). For mail already checked
+upstream (IMAP), an ``Authentication-Results`` header is believed only when stamped by
+``[inbound] trusted_authserv_id``; any other such header is ignored, since anyone can write one.
 
 The verdict is stored with the message; it holds pass/fail words only, never an address.
 """
@@ -15,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from email.message import EmailMessage
 from functools import lru_cache
 from typing import Any
 
@@ -27,10 +28,12 @@ from publicsuffixlist import PublicSuffixList
 
 from gateway.config import Config
 from gateway.dns import blocking_resolver
+from gateway.executors import ThreadPool
 from gateway.inbound import dnsresolve
 
 log = logging.getLogger("carebridge.inbound.auth")
 
+AUTH_GRACE_SECONDS = 5.0  # RSA and parsing on top of the DNS budget
 _DKIM_HEADER = re.compile(rb"^dkim-signature:", re.IGNORECASE | re.MULTILINE)
 
 
@@ -109,13 +112,13 @@ class AuthVerdict:
         }
 
 
-def _check_dkim(raw: bytes, dnsfunc: Any) -> tuple[str, list[str]]:
+def _check_dkim(raw: bytes, dnsfunc: Any, max_signatures: int = 5) -> tuple[str, list[str]]:
     count = len(_DKIM_HEADER.findall(raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]))
     if count == 0:
         return "none", []
     passing: list[str] = []
     temp = False
-    for idx in range(min(count, 5)):  # a bounded number: each costs a DNS lookup
+    for idx in range(min(count, max_signatures)):  # bounded: each costs a DNS lookup
         try:
             # The constructor parses the header block and raises on a malformed one too:
             # that is a failed signature, never an unprocessable message.
@@ -133,7 +136,7 @@ def _check_dkim(raw: bytes, dnsfunc: Any) -> tuple[str, list[str]]:
     return ("temperror" if temp else "fail"), []
 
 
-def _check_spf(envelope: ReceivedEnvelope) -> tuple[str, str]:
+def _check_spf(envelope: ReceivedEnvelope, querytime: float = 10) -> tuple[str, str]:
     if not envelope.peer_ip:
         return "none", ""
     sender = envelope.mail_from
@@ -142,19 +145,21 @@ def _check_spf(envelope: ReceivedEnvelope) -> tuple[str, str]:
         sender = f"postmaster@{helo}"
     domain = sender.rpartition("@")[2].lower()
     try:
-        result, _explanation = spf.check2(i=envelope.peer_ip, s=sender, h=helo, querytime=10)
+        if querytime <= 0:
+            return "temperror", domain  # the message's DNS budget is spent
+        result, _explanation = spf.check2(i=envelope.peer_ip, s=sender, h=helo, querytime=querytime)
     except Exception:  # pyspf raises on malformed input: treat as a permanent error
         return "permerror", domain
     return str(result), domain
 
 
-def _trusted_results(msg: EmailMessage, authserv_id: str) -> list[Any]:
+def _trusted_results(values: Sequence[str], authserv_id: str) -> list[Any]:
     if not authserv_id:
         return []
     out: list[Any] = []
-    for value in msg.get_all("Authentication-Results", []) or []:
+    for value in values:
         try:
-            header = authres.AuthenticationResultsHeader.parse_value(str(value))
+            header = authres.AuthenticationResultsHeader.parse_value(value)
         except Exception:  # an unparsable header is simply not believed
             log.debug("ignoring an unparsable Authentication-Results header")
             continue
@@ -171,15 +176,24 @@ def _prop(result: Any, type_: str, name: str) -> str:
 
 
 def evaluate(
-    cfg: Config, raw: bytes, msg: EmailMessage, from_domain: str, envelope: ReceivedEnvelope
+    cfg: Config,
+    raw: bytes,
+    auth_results: Sequence[str],
+    from_domain: str,
+    envelope: ReceivedEnvelope,
 ) -> AuthVerdict:
-    """Run every check (blocking: DNS and RSA). Call it in a worker thread."""
+    """Run every check (blocking: DNS and RSA). Call it in a worker thread.
+
+    ``auth_results``: the message's Authentication-Results values, topmost first."""
     res = blocking_resolver(cfg.dns)
-    dkim_result, dkim_domains = _check_dkim(raw, dnsresolve.dkim_dnsfunc(res))
-    with dnsresolve.spf_resolver(res):
-        spf_result, spf_domain = _check_spf(envelope)
+    budget = dnsresolve.Budget(cfg.inbound.dns_budget_seconds)
+    dkim_result, dkim_domains = _check_dkim(
+        raw, dnsresolve.dkim_dnsfunc(res, budget), cfg.inbound.max_dkim_signatures
+    )
+    with dnsresolve.spf_resolver(res, budget):
+        spf_result, spf_domain = _check_spf(envelope, budget.remaining())
     sources = ["local"]
-    for r in _trusted_results(msg, cfg.inbound.trusted_authserv_id):
+    for r in _trusted_results(auth_results, cfg.inbound.trusted_authserv_id):
         method, result = str(r.method).lower(), str(r.result).lower()
         if method == "dkim" and result == "pass":
             d = _prop(r, "header", "d").lower()
@@ -207,7 +221,19 @@ def evaluate(
 
 
 async def authenticate(
-    cfg: Config, raw: bytes, msg: EmailMessage, from_domain: str, envelope: ReceivedEnvelope
+    cfg: Config,
+    executor: ThreadPool,
+    raw: bytes,
+    auth_results: Sequence[str],
+    from_domain: str,
+    envelope: ReceivedEnvelope,
 ) -> AuthVerdict:
-    """:func:`evaluate` off the event loop, so DNS and RSA never stall SMTP sessions."""
-    return await asyncio.to_thread(evaluate, cfg, raw, msg, from_domain, envelope)
+    """:func:`evaluate` in the auth pool, so DNS and RSA never stall SMTP sessions nor take
+    the threads sign-in needs. Every lookup is bounded by the message's DNS budget; should
+    the check still overrun it (RSA on a huge message), the verdict is temperror."""
+    try:
+        async with asyncio.timeout(cfg.inbound.dns_budget_seconds + AUTH_GRACE_SECONDS):
+            return await executor.run(evaluate, cfg, raw, auth_results, from_domain, envelope)
+    except TimeoutError:
+        log.warning("authentication checks overran the DNS budget: temperror")
+        return AuthVerdict(dkim="temperror", spf="temperror", from_domain=from_domain)

@@ -14,7 +14,6 @@ session id in a signed cookie and calls these functions.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 from dataclasses import dataclass
@@ -113,12 +112,14 @@ async def authenticate(
         usable = account is not None and (
             account.status != "disabled" if isinstance(account, Patient) else account.active
         )
-    ok = await asyncio.to_thread(verify_password, stored or _DUMMY_HASH, password)
+    ok = await services.executors.passwords.run(verify_password, stored or _DUMMY_HASH, password)
     ok = ok and bool(stored) and usable
     if ok and totp_secret:
         ok = pyotp.TOTP(totp_secret).verify(totp_code.strip(), for_time=now, valid_window=1)
     rehashed = (
-        await asyncio.to_thread(hash_password, password) if ok and needs_rehash(stored) else None
+        await services.executors.passwords.run(hash_password, password)
+        if ok and needs_rehash(stored)
+        else None
     )
     async with services.transaction() as s:
         row: Patient | Staff | None = None
