@@ -27,7 +27,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any, TypeVar
 
@@ -91,6 +91,13 @@ class _Bounded:
             raise
         fut.add_done_callback(self._done)
         return fut
+
+    def resize(self, workers: int) -> None:
+        """Set the number of workers (before first use)."""
+        with self._lock:
+            if self._threads is None:
+                self.workers = max(1, workers)
+                self.max_pending = self.workers * (1 + QUEUE_PER_WORKER)
 
     def _done(self, _fut: object) -> None:
         with self._lock:
@@ -179,7 +186,7 @@ class ProcessPool(_Bounded):
         self._ctx = multiprocessing.get_context("forkserver")
         self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
         self._all: set[_Worker] = set()
-        self._closed = False
+        self._generation = 0  # close() starts a new one: workers of an older one are not reused
         self._preload: tuple[str, ...] = ("gateway.inbound.parsing",)
         self.killed = 0
 
@@ -225,8 +232,7 @@ class ProcessPool(_Bounded):
             self._all.discard(worker)
 
     def _call(self, fn: Callable[..., Any], args: tuple[Any, ...], timeout: float) -> Any:
-        if self._closed:
-            raise Busy(self.name)
+        generation = self._generation
         worker = self._checkout()
         try:
             worker.conn.send((fn, args))
@@ -245,39 +251,47 @@ class ProcessPool(_Bounded):
         except BaseException:
             self._discard(worker)
             raise
-        if self._closed:
+        if generation != self._generation:
             self._discard(worker)
         else:
             self._idle.put(worker)
         return reply
 
     def close(self) -> None:
-        self._closed = True
-        super().close()
+        """Stop every worker (a later job starts new ones)."""
         with self._lock:
+            self._generation += 1
             workers, self._all = list(self._all), set()
+        super().close()
+        while True:
+            try:
+                self._idle.get_nowait()
+            except queue.Empty:
+                break
         for w in workers:
             w.kill()
+
+
+def _threads(name: str, workers: int) -> ThreadPool:
+    return ThreadPool(name, workers, workers * QUEUE_PER_WORKER)
 
 
 @dataclass
 class Executors:
     """The three pools, one per kind of work (see the module docstring)."""
 
-    passwords: ThreadPool
-    parse: ProcessPool
-    auth: ThreadPool
+    passwords: ThreadPool = field(default_factory=lambda: _threads("passwords", PASSWORD_THREADS))
+    parse: ProcessPool = field(
+        default_factory=lambda: ProcessPool("parse", 2, 2 * QUEUE_PER_WORKER)
+    )
+    auth: ThreadPool = field(default_factory=lambda: _threads("auth", 4))
+
+    def configure(self, config: Config) -> None:
+        """Size the pools from ``[inbound]`` (pools already in use keep their size)."""
+        self.parse.resize(config.inbound.parse_workers)
+        self.auth.resize(config.inbound.auth_threads)
 
     def close(self) -> None:
         self.passwords.close()
         self.parse.close()
         self.auth.close()
-
-
-def build_executors(config: Config) -> Executors:
-    cfg = config.inbound
-    return Executors(
-        passwords=ThreadPool("passwords", PASSWORD_THREADS, PASSWORD_THREADS * QUEUE_PER_WORKER),
-        parse=ProcessPool("parse", cfg.parse_workers, cfg.parse_workers * QUEUE_PER_WORKER),
-        auth=ThreadPool("auth", cfg.auth_threads, cfg.auth_threads * QUEUE_PER_WORKER),
-    )
