@@ -32,6 +32,9 @@ from gateway.executors import ThreadPool
 from gateway.inbound import dnsresolve
 
 log = logging.getLogger("carebridge.inbound.auth")
+# dkimpy logs the signing domain and selector of every failed lookup at ERROR: a domain may
+# identify a person, so its logger is silenced and the verdict words say what happened.
+logging.getLogger("dkimpy").setLevel(logging.CRITICAL + 1)
 
 AUTH_GRACE_SECONDS = 5.0  # RSA and parsing on top of the DNS budget
 _DKIM_HEADER = re.compile(rb"^dkim-signature:", re.IGNORECASE | re.MULTILINE)
@@ -118,12 +121,23 @@ def _check_dkim(raw: bytes, dnsfunc: Any, max_signatures: int = 5) -> tuple[str,
         return "none", []
     passing: list[str] = []
     temp = False
+    timed_out: list[bytes] = []
+
+    def lookup(name: bytes, timeout: float = 5) -> Any:
+        # dkimpy catches its own DnsTimeoutError and reports a plain failure: note it here,
+        # so a nameserver that does not answer gives temperror, not fail.
+        try:
+            return dnsfunc(name, timeout=timeout)
+        except dkim.DnsTimeoutError:
+            timed_out.append(name)
+            raise
+
     for idx in range(min(count, max_signatures)):  # bounded: each costs a DNS lookup
         try:
             # The constructor parses the header block and raises on a malformed one too:
             # that is a failed signature, never an unprocessable message.
             d = dkim.DKIM(raw)
-            ok = d.verify(idx=idx, dnsfunc=dnsfunc)
+            ok = d.verify(idx=idx, dnsfunc=lookup)
         except dkim.DnsTimeoutError:
             temp = True
             continue
@@ -133,7 +147,7 @@ def _check_dkim(raw: bytes, dnsfunc: Any, max_signatures: int = 5) -> tuple[str,
             passing.append(d.domain.decode("ascii", "replace").lower())
     if passing:
         return "pass", passing
-    return ("temperror" if temp else "fail"), []
+    return ("temperror" if temp or timed_out else "fail"), []
 
 
 def _check_spf(envelope: ReceivedEnvelope, querytime: float = 10) -> tuple[str, str]:
