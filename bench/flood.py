@@ -197,9 +197,8 @@ def report(name: str, anchor: list[float], flood: list[float]) -> None:
         ("max", max),
     ):
         a, f = fn(anchor), fn(flood)
-        print(
-            f"{name:8} {label}  anchor {a * 1000:8.1f} ms   flood {f * 1000:8.1f} ms   x{f / a:6.2f}"
-        )
+        line = f"anchor {a * 1000:8.1f} ms   flood {f * 1000:8.1f} ms   x{f / a:6.2f}"
+        print(f"{name:8} {label}  {line}")
 
 
 def main() -> int:
