@@ -143,6 +143,10 @@ def _serve(conn: Connection, preload: tuple[str, ...]) -> None:
             conn.send(("err", type(exc).__name__))
 
 
+def _noop() -> None:
+    return None
+
+
 class _Worker:
     def __init__(self, ctx: Any, preload: tuple[str, ...]) -> None:
         self.conn, child = ctx.Pipe()
@@ -204,6 +208,13 @@ class ProcessPool(_Bounded):
         if status == "ok":
             return value  # type: ignore[no-any-return]
         raise WorkerFailed(str(value))
+
+    def warm(self) -> None:
+        """Start the workers now, in the background, so the first message does not wait for
+        a fork server and its imports."""
+        for _ in range(self.workers):
+            with contextlib.suppress(Busy):
+                self._submit(self._call, _noop, (), WORKER_START_SECONDS)
 
     @property
     def pids(self) -> set[int]:

@@ -123,6 +123,7 @@ class Intake:
         services.executors.parse.preload(
             r.extract.__module__ for r in self.routing.routes if r.extract is not None
         )
+        services.executors.parse.warm()
         cfg = services.config.inbound
         self._committer: GroupCommitter[_Pending, tuple[list[str], int]] = GroupCommitter(
             self._write_batch, cfg.group_commit_max
