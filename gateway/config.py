@@ -143,6 +143,17 @@ class InboundConfig:
     trusted_relays: tuple[str, ...] = ()
     max_header_bytes: int = 64 * 1024
     parse_timeout_seconds: float = 5.0
+    # Header values over these sizes (bytes, folded lines included) are refused at DATA
+    # (554): address headers (From, Sender, Reply-To, To, Cc, ...) and any other header.
+    max_address_header_bytes: int = 4096
+    max_header_value_bytes: int = 16 * 1024
+    # Worker processes parsing mail (a parse past its deadline kills its worker).
+    parse_workers: int = 2
+    # Threads for DKIM/SPF checks; every DNS lookup of one message shares dns_budget_seconds,
+    # after which the verdict is temperror. At most max_dkim_signatures are checked.
+    auth_threads: int = 4
+    dns_budget_seconds: float = 10.0
+    max_dkim_signatures: int = 5
     max_automated_per_day: int = 10
     # Messages authenticated and handled at once after they are stored.
     process_concurrency: int = 8
@@ -319,9 +330,20 @@ def _validate(cfg: Config) -> None:
                 "inbound.trusted_relays",
                 f'entries are networks like "192.0.2.25/32" (no host bits set), got {net!r}',
             ) from None
-    for key in ("sweep_seconds", "adopt_after_seconds"):
+    for key in (
+        "sweep_seconds",
+        "adopt_after_seconds",
+        "parse_timeout_seconds",
+        "dns_budget_seconds",
+    ):
         if getattr(cfg.inbound, key) <= 0:
             raise ConfigError(f"inbound.{key}", "must be a number of seconds above 0")
+    for key in ("max_address_header_bytes", "max_header_value_bytes"):
+        if not 256 <= getattr(cfg.inbound, key) <= cfg.inbound.max_header_bytes:
+            raise ConfigError(f"inbound.{key}", "must be between 256 and max_header_bytes")
+    for key in ("parse_workers", "auth_threads", "max_dkim_signatures"):
+        if not 1 <= getattr(cfg.inbound, key) <= 64:
+            raise ConfigError(f"inbound.{key}", "must be between 1 and 64")
     if cfg.log.format not in ("text", "json"):
         raise ConfigError("log.format", 'must be "text" or "json"')
     if bool(cfg.smtp.tls_cert) != bool(cfg.smtp.tls_key):

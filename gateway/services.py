@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from gateway import db
 from gateway.config import Config
 from gateway.crypto import KeyRing, load_keyring
+from gateway.executors import Executors
 from gateway.metrics import Metrics
 from gateway.turns import Turns
 
@@ -55,9 +56,13 @@ class Services:
     metrics: Metrics = field(default_factory=Metrics)
     # Turns at the store's single writer (SQLite), shared by this node's busiest writers.
     turns: Turns = field(default_factory=Turns)
+    # The worker pools for argon2, mail parsing and DKIM/SPF: one each, started when first
+    # used; copies made with dataclasses.replace share them.
+    executors: Executors = field(default_factory=Executors)
 
     def __post_init__(self) -> None:
         self.turns.enabled = db.is_sqlite(self.engine)
+        self.executors.configure(self.config)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
@@ -66,6 +71,7 @@ class Services:
             yield session
 
     async def close(self) -> None:
+        self.executors.close()
         await self.engine.dispose()
 
 

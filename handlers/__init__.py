@@ -18,7 +18,13 @@ _REPLY = re.compile(rf"^reply\+{TOKEN}$")
 
 ROUTING = RoutingTable(
     routes=(
-        Route("bounce", re.compile(rf"^bounce\+{TOKEN}$"), "bounce_address", bounce.handler),
+        Route(
+            "bounce",
+            re.compile(rf"^bounce\+{TOKEN}$"),
+            "bounce_address",
+            bounce.handler,
+            extract=bounce.classify,
+        ),
         Route(
             "register",
             re.compile(rf"^register\+{TOKEN}$"),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 from email import policy
 from email.message import EmailMessage, Message
 from email.parser import HeaderParser
@@ -113,30 +114,47 @@ def quoted_message_ids(msg: Message) -> set[str]:
     return out
 
 
-def matches(notification: Notification, msg: Message, scanned: set[bytes]) -> bool:
+def matches(notification: Notification, report: Report) -> bool:
     """Does this report speak of this notification's delivery?"""
     if notification.state in _NEVER_SENT and notification.sent_at is None:
         return False
-    if notification.recipient.strip().lower() in reported_recipients(msg, scanned):
+    if notification.recipient.strip().lower() in report.recipients:
         return True
-    return bool(notification.message_id) and notification.message_id in quoted_message_ids(msg)
+    return bool(notification.message_id) and notification.message_id in report.message_ids
 
 
-def classify(
-    msg: EmailMessage, failures: tuple[set[bytes], set[bytes]] | None = None
-) -> tuple[str, str] | None:
-    """(severity, status) with severity hard/soft/policy, or None when it is no bounce."""
-    temporary, permanent = failures if failures is not None else all_failures(msg)
+@dataclass(frozen=True)
+class Report:
+    """What a delivery report says, read in the parse pool: plain values, picklable."""
+
+    severity: str  # hard, soft, policy
+    status: str  # enhanced status code, '' when the report gave none
+    recipients: frozenset[str]
+    message_ids: frozenset[str]
+
+
+def classify(msg: EmailMessage) -> Report | None:
+    """The report, or None when it is no bounce (e.g. an out-of-office answer).
+
+    The route's ``extract`` function: it runs in the parse pool, within the parse deadline."""
+    temporary, permanent = (set(f) for f in all_failures(msg))
     statuses = dsn_statuses(msg)
     status = next((s for s in statuses if s.startswith("5")), "") or (
         statuses[0] if statuses else text_status(msg)
     )
     if permanent:
         # X.7.X is "security or policy status": refused by a filter, not a dead mailbox.
-        return ("policy" if status.split(".")[1:2] == ["7"] else "hard"), status
-    if temporary:
-        return "soft", status
-    return None
+        severity = "policy" if status.split(".")[1:2] == ["7"] else "hard"
+    elif temporary:
+        severity = "soft"
+    else:
+        return None
+    return Report(
+        severity,
+        status,
+        frozenset(reported_recipients(msg, temporary | permanent)),
+        frozenset(quoted_message_ids(msg)),
+    )
 
 
 async def _pool_staff(ctx: Context, clinic_id: str) -> list[Staff]:
@@ -195,12 +213,15 @@ class BounceHandler:
         notification = await ctx.session.get(Notification, token.subject_id)
         if notification is None:
             return Quarantine("token_invalid", "the bounce token's notification is gone")
-        temporary, permanent = all_failures(ctx.msg)
-        verdict = classify(ctx.msg, (set(temporary), set(permanent)))
+        # Read in the parse pool (the route's ``extract``): flufl.bounce walks every MIME part,
+        # which must stay within the parse deadline and off the event loop.
+        report = ctx.mail.extracted
+        verdict = (report.severity, report.status) if isinstance(report, Report) else None
         if verdict is None:
             # Often an out-of-office answer sent to the envelope sender: nothing to do.
             return Ignore("not_a_bounce")
-        if not matches(notification, ctx.msg, set(temporary) | set(permanent)):
+        assert isinstance(report, Report)
+        if not matches(notification, report):
             log.info("bounce notification=%s unmatched: quarantined", notification.id)
             return Quarantine("bounce_unmatched", "the report names another recipient or message")
         severity, status = verdict

@@ -18,7 +18,6 @@ import re
 from gateway import audit, tokens
 from gateway.errors import TokenError
 from gateway.inbound.handling import Confirmed, Context, Outcome, Quarantine
-from gateway.inbound.parsing import new_text, text_body
 from gateway.portal import invitations, terms
 from handlers.base import authenticated_patient
 
@@ -65,7 +64,7 @@ class RegistrationHandler:
                 via="email_reply",
                 inbound_id=ctx.inbound.id,
             )
-        version = agreed_terms_version(text_body(ctx.msg), new_text(ctx.msg))
+        version = agreed_terms_version(ctx.mail.text, ctx.mail.new_text)
         if version and patient.terms_agreed_at is None:
             patient.terms_version = version
             patient.terms_agreed_at = ctx.now

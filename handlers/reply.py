@@ -5,7 +5,7 @@ the routing table tells them apart by the token's subject kind.)
 
 Filed only when the token names the patient and the aligned authenticated sender is the
 address on file (see :func:`handlers.base.authenticated_patient`). Quoted text and signatures
-are stripped (:func:`gateway.inbound.parsing.new_text`), so only the new words enter the
+are stripped (``ParsedMail.new_text``, read in the bounded parse), so only the new words enter the
 thread, encrypted, through the same :mod:`gateway.careteam.threads` functions the portal uses
 (which notify the pool and queue the patient's PHI-free acknowledgement).
 """
@@ -15,7 +15,6 @@ from __future__ import annotations
 from gateway.careteam import threads
 from gateway.errors import UsageError
 from gateway.inbound.handling import Context, Filed, Outcome, Quarantine
-from gateway.inbound.parsing import header_text, new_text
 from gateway.models import Clinic
 from gateway.portal import patients
 from handlers.base import authenticated_patient
@@ -28,7 +27,7 @@ class ReplyHandler:
         patient = await authenticated_patient(ctx, "reply_address")
         if isinstance(patient, Quarantine):
             return patient
-        text = new_text(ctx.msg)
+        text = ctx.mail.new_text
         if not text:
             return Quarantine("empty_reply", "no new text once quoted text was removed")
         actor = f"patient:{patient.id}"
@@ -53,7 +52,7 @@ class ReplyHandler:
             clinic = await ctx.session.get(Clinic, enrolment.clinic_id) if enrolment else None
             if clinic is None:
                 return Quarantine("not_enrolled", "the patient has no current clinic")
-            subject = header_text(ctx.msg, "Subject").strip()[:200] or "Email message"
+            subject = ctx.mail.subject.strip()[:200] or "Email message"
             thread = await threads.create_thread(
                 ctx.session,
                 ctx.services,

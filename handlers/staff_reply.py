@@ -16,7 +16,6 @@ from __future__ import annotations
 from gateway.careteam import staff_replies, threads
 from gateway.errors import UsageError
 from gateway.inbound.handling import Context, Filed, Outcome, Quarantine
-from gateway.inbound.parsing import new_text
 from gateway.models import Staff, Thread
 
 
@@ -45,7 +44,7 @@ class StaffReplyHandler:
         thread = await ctx.session.get(Thread, str(token.data.get("thread_id", "")))
         if thread is None or not threads.staff_may_act(staff, thread):
             return Quarantine("thread_not_found", "the token's thread is not this clinic's")
-        text = new_text(ctx.msg)
+        text = ctx.mail.new_text
         if not text:
             return Quarantine("empty_reply", "no new text once quoted text was removed")
         try:

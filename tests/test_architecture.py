@@ -21,6 +21,7 @@ INFRASTRUCTURE = {
     "db",
     "dns",
     "errors",
+    "executors",
     "groupcommit",
     "i18n",
     "keys",

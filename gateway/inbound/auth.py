@@ -1,14 +1,15 @@
 """The authentication gate: who really sent this message?
 
-Evaluated for every inbound message: DKIM (dkimpy, each signature), SPF (pyspf, for mail that
-came over SMTP with a peer address) and DMARC-style alignment of the passing identities with
-the From domain (relaxed: same organisational domain, from the public suffix list). All DNS goes
-through ``[dns] nameservers``. For mail already checked upstream, ``Authentication-Results``
-is believed only from the hop that wrote it (anyone can write one, in any position): the
-configured IMAP server, or an SMTP client connecting from ``[inbound] trusted_relays``; and of
-its headers only the topmost block stamped with ``[inbound] trusted_authserv_id``, where only
-trace fields (Received and the like) may stand above it. Every other such header is ignored
-and counted in the verdict (``ar_ignored``).
+Evaluated for every inbound message: DKIM (dkimpy, at most ``[inbound] max_dkim_signatures``),
+SPF (pyspf, for mail that came over SMTP with a peer address) and DMARC-style alignment of the
+passing identities with the From domain (relaxed: same organisational domain, from the public
+suffix list). All DNS goes through ``[dns] nameservers``, and all lookups for one message share
+``[inbound] dns_budget_seconds`` (then the verdict is temperror). For mail already checked
+upstream, ``Authentication-Results`` is believed only from the hop that wrote it (anyone can
+write one, in any position): the configured IMAP server, or an SMTP client connecting from
+``[inbound] trusted_relays``; and of its headers only the topmost block stamped with
+``[inbound] trusted_authserv_id``, where only trace fields (Received and the like) may stand
+above it. Every other such header is ignored and counted in the verdict (``ar_ignored``).
 
 The verdict is stored with the message; it holds pass/fail words only, never an address.
 """
@@ -20,7 +21,6 @@ import ipaddress
 import logging
 import re
 from dataclasses import dataclass, field
-from email.message import EmailMessage
 from functools import lru_cache
 from typing import Any
 
@@ -31,10 +31,15 @@ from publicsuffixlist import PublicSuffixList
 
 from gateway.config import Config
 from gateway.dns import blocking_resolver
+from gateway.executors import ThreadPool
 from gateway.inbound import dnsresolve
 
 log = logging.getLogger("carebridge.inbound.auth")
+# dkimpy logs the signing domain and selector of every failed lookup at ERROR: a domain may
+# identify a person, so its logger is silenced and the verdict words say what happened.
+logging.getLogger("dkimpy").setLevel(logging.CRITICAL + 1)
 
+AUTH_GRACE_SECONDS = 5.0  # RSA and parsing on top of the DNS budget
 _DKIM_HEADER = re.compile(rb"^dkim-signature:", re.IGNORECASE | re.MULTILINE)
 
 
@@ -116,18 +121,29 @@ class AuthVerdict:
         }
 
 
-def _check_dkim(raw: bytes, dnsfunc: Any) -> tuple[str, list[str]]:
+def _check_dkim(raw: bytes, dnsfunc: Any, max_signatures: int = 5) -> tuple[str, list[str]]:
     count = len(_DKIM_HEADER.findall(raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]))
     if count == 0:
         return "none", []
     passing: list[str] = []
     temp = False
-    for idx in range(min(count, 5)):  # a bounded number: each costs a DNS lookup
+    timed_out: list[bytes] = []
+
+    def lookup(name: bytes, timeout: float = 5) -> Any:
+        # dkimpy catches its own DnsTimeoutError and reports a plain failure: note it here,
+        # so a nameserver that does not answer gives temperror, not fail.
+        try:
+            return dnsfunc(name, timeout=timeout)
+        except dkim.DnsTimeoutError:
+            timed_out.append(name)
+            raise
+
+    for idx in range(min(count, max_signatures)):  # bounded: each costs a DNS lookup
         try:
             # The constructor parses the header block and raises on a malformed one too:
             # that is a failed signature, never an unprocessable message.
             d = dkim.DKIM(raw)
-            ok = d.verify(idx=idx, dnsfunc=dnsfunc)
+            ok = d.verify(idx=idx, dnsfunc=lookup)
         except dkim.DnsTimeoutError:
             temp = True
             continue
@@ -137,10 +153,10 @@ def _check_dkim(raw: bytes, dnsfunc: Any) -> tuple[str, list[str]]:
             passing.append(d.domain.decode("ascii", "replace").lower())
     if passing:
         return "pass", passing
-    return ("temperror" if temp else "fail"), []
+    return ("temperror" if temp or timed_out else "fail"), []
 
 
-def _check_spf(envelope: ReceivedEnvelope) -> tuple[str, str]:
+def _check_spf(envelope: ReceivedEnvelope, querytime: float = 10) -> tuple[str, str]:
     if not envelope.peer_ip:
         return "none", ""
     sender = envelope.mail_from
@@ -149,7 +165,9 @@ def _check_spf(envelope: ReceivedEnvelope) -> tuple[str, str]:
         sender = f"postmaster@{helo}"
     domain = sender.rpartition("@")[2].lower()
     try:
-        result, _explanation = spf.check2(i=envelope.peer_ip, s=sender, h=helo, querytime=10)
+        if querytime <= 0:
+            return "temperror", domain  # the message's DNS budget is spent
+        result, _explanation = spf.check2(i=envelope.peer_ip, s=sender, h=helo, querytime=querytime)
     except Exception:  # pyspf raises on malformed input: treat as a permanent error
         return "permerror", domain
     return str(result), domain
@@ -252,13 +270,20 @@ def _prop(result: Any, type_: str, name: str) -> str:
 
 
 def evaluate(
-    cfg: Config, raw: bytes, msg: EmailMessage, from_domain: str, envelope: ReceivedEnvelope
+    cfg: Config,
+    raw: bytes,
+    from_domain: str,
+    envelope: ReceivedEnvelope,
 ) -> AuthVerdict:
-    """Run every check (blocking: DNS and RSA). Call it in a worker thread."""
+    """Run every check (blocking: DNS and RSA). Call it in a worker thread. Trusted
+    Authentication-Results are read from ``raw``'s header block in one linear pass."""
     res = blocking_resolver(cfg.dns)
-    dkim_result, dkim_domains = _check_dkim(raw, dnsresolve.dkim_dnsfunc(res))
-    with dnsresolve.spf_resolver(res):
-        spf_result, spf_domain = _check_spf(envelope)
+    budget = dnsresolve.Budget(cfg.inbound.dns_budget_seconds)
+    dkim_result, dkim_domains = _check_dkim(
+        raw, dnsresolve.dkim_dnsfunc(res, budget), cfg.inbound.max_dkim_signatures
+    )
+    with dnsresolve.spf_resolver(res, budget):
+        spf_result, spf_domain = _check_spf(envelope, budget.remaining())
     sources = ["local"]
     believed, ar_ignored = _trusted_results(cfg, raw, envelope)
     if ar_ignored:
@@ -292,7 +317,18 @@ def evaluate(
 
 
 async def authenticate(
-    cfg: Config, raw: bytes, msg: EmailMessage, from_domain: str, envelope: ReceivedEnvelope
+    cfg: Config,
+    executor: ThreadPool,
+    raw: bytes,
+    from_domain: str,
+    envelope: ReceivedEnvelope,
 ) -> AuthVerdict:
-    """:func:`evaluate` off the event loop, so DNS and RSA never stall SMTP sessions."""
-    return await asyncio.to_thread(evaluate, cfg, raw, msg, from_domain, envelope)
+    """:func:`evaluate` in the auth pool, so DNS and RSA never stall SMTP sessions nor take
+    the threads sign-in needs. Every lookup is bounded by the message's DNS budget; should
+    the check still overrun it (RSA on a huge message), the verdict is temperror."""
+    try:
+        async with asyncio.timeout(cfg.inbound.dns_budget_seconds + AUTH_GRACE_SECONDS):
+            return await executor.run(evaluate, cfg, raw, from_domain, envelope)
+    except TimeoutError:
+        log.warning("authentication checks overran the DNS budget: temperror")
+        return AuthVerdict(dkim="temperror", spf="temperror", from_domain=from_domain)

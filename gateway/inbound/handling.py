@@ -13,6 +13,7 @@ names a handler. See ``gateway/inbound/plugins.py`` for how the installed table 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
@@ -21,7 +22,7 @@ from typing import Protocol
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.inbound.auth import AuthVerdict, ReceivedEnvelope
-from gateway.inbound.parsing import Sender
+from gateway.inbound.parsing import ParsedMail, Sender
 from gateway.models import Clinic, InboundMessage, Token
 from gateway.services import Services
 
@@ -34,7 +35,8 @@ class Context:
     services: Services
     session: AsyncSession
     inbound: InboundMessage
-    msg: EmailMessage
+    # The message's headers and text as plain values, read in the bounded parse.
+    mail: ParsedMail
     sender: Sender | None
     verdict: AuthVerdict
     envelope: ReceivedEnvelope
@@ -115,6 +117,10 @@ class Route:
     # Several routes may share one address shape and token purpose; each then takes the
     # tokens naming one kind of subject ("staff"), None taking any kind.
     subject_kind: str | None = None
+    # Reads what this route's handler needs from the parsed message beyond ParsedMail's
+    # fields (a bounce's classification). Runs in the parse pool's worker process, within
+    # the parse deadline; its result is ``ParsedMail.extracted``. A module-level function.
+    extract: Callable[[EmailMessage], object] | None = None
 
 
 @dataclass(frozen=True)

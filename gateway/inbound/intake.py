@@ -2,7 +2,8 @@
 
 Two steps, so that nothing acknowledged is ever lost and durability stays cheap:
 
-1. :meth:`Intake.receive` checks the header block (capped), deduplicates by Message-ID and
+1. :meth:`Intake.receive` checks the header block (capped, and each header value capped by a
+   linear scan, so no header parser ever sees an outlier), deduplicates by Message-ID and
    stores the raw message encrypted, with its routing target, through a group commit. Only when
    that commit returns does SMTP answer 250 (or IMAP mark the message processed).
 2. Stored messages are then processed in batches (``gateway/inbound/processing.py``): parsed
@@ -119,6 +120,10 @@ class Intake:
     def __init__(self, services: Services, routing: RoutingTable | None = None) -> None:
         self.services = services
         self.routing = routing if routing is not None else plugins.load_routing()
+        services.executors.parse.preload(
+            r.extract.__module__ for r in self.routing.routes if r.extract is not None
+        )
+        services.executors.parse.warm()
         cfg = services.config.inbound
         self._committer: GroupCommitter[_Pending, tuple[list[str], int]] = GroupCommitter(
             self._write_batch, cfg.group_commit_max
@@ -165,6 +170,11 @@ class Intake:
         cfg = self.services.config.inbound
         try:
             headers = parsing.header_block(raw, cfg.max_header_bytes)
+            parsing.check_header_values(
+                headers,
+                max_address=cfg.max_address_header_bytes,
+                max_value=cfg.max_header_value_bytes,
+            )
             message_id = parsing.message_id_of(headers)
         except MalformedMessage as exc:
             self.services.metrics.intake.labels(outcome="refused").inc()

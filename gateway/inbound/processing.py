@@ -1,6 +1,7 @@
 """Step 2 of the intake path: authenticate, route, handle, and record the outcome.
 
-Work that needs no lock (parsing, DKIM, SPF: threads and DNS) is done first for a whole batch
+Work that needs no lock (parsing in the parse pool's processes; DKIM, SPF and DNS in the auth
+pool) is done first for a whole batch
 of stored messages; then every outcome is applied in ONE transaction, each handler inside its
 own savepoint, so a batch costs one commit and a failing handler leaves nothing half-written.
 This module is the single place where handler outcomes become message state, quarantine rows,
@@ -12,7 +13,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from email.message import EmailMessage
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -34,12 +34,18 @@ from gateway.inbound.handling import (
     Route,
     RoutingTable,
 )
-from gateway.inbound.parsing import MalformedMessage, Sender
+from gateway.inbound.parsing import MalformedMessage, ParsedMail, Sender
 from gateway.models import Clinic, InboundMessage, QuarantineItem, Token
 from gateway.services import Services
 
 log = logging.getLogger("carebridge.inbound")
 
+# PHI-free details for the quarantine rows of messages that could not be parsed.
+_REASONS = {
+    "parse_timeout": "parsing took longer than [inbound] parse_timeout_seconds; worker stopped",
+    "unparsable": "the message could not be parsed",
+    "header_too_large": "the header block is over [inbound] max_header_bytes",
+}
 MAX_ATTEMPTS = 3  # a message whose handler keeps failing is quarantined, not retried forever
 
 
@@ -83,7 +89,7 @@ class Prepared:
     handler: Handler | None = None
     route: Route | None = None
     automated: str | None = None
-    msg: EmailMessage | None = None
+    mail: ParsedMail | None = None
     sender: Sender | None = None
     verdict: AuthVerdict | None = None
 
@@ -98,20 +104,29 @@ async def prepare(
     env: ReceivedEnvelope,
 ) -> Prepared:
     cfg = services.config
+    executors = services.executors
+    route = routing_table.named(route_name)
     try:
-        msg = await parsing.parse(
+        mail = await parsing.parse(
+            executors.parse,
             raw,
             max_header_bytes=cfg.inbound.max_header_bytes,
             deadline=cfg.inbound.parse_timeout_seconds,
+            extract=route.extract if route is not None else None,
         )
     except MalformedMessage as exc:
-        return Prepared(inbound_id, env, fixed=Quarantine(exc.reason))
-    sender = parsing.from_sender(msg)
-    verdict = await auth.authenticate(cfg, raw, msg, sender.domain if sender else "", env)
-    route = routing_table.named(route_name)
-    handler, automated = routing.choose_handler(routing_table, route, msg, env, source)
+        return Prepared(inbound_id, env, fixed=Quarantine(exc.reason, _REASONS.get(exc.reason, "")))
+    sender = mail.sender
+    verdict = await auth.authenticate(
+        cfg,
+        executors.auth,
+        raw,
+        sender.domain if sender else "",
+        env,
+    )
+    handler, automated = routing.choose_handler(routing_table, route, mail, env, source)
     fixed = None if handler else Quarantine("no_recipient", "no address of ours in the message")
-    return Prepared(inbound_id, env, fixed, handler, route, automated, msg, sender, verdict)
+    return Prepared(inbound_id, env, fixed, handler, route, automated, mail, sender, verdict)
 
 
 def _sender_index(services: Services, p: Prepared) -> str | None:
@@ -140,7 +155,7 @@ async def apply_one(
         row.auth = p.verdict.to_json()
     outcome = p.fixed
     if outcome is None:
-        assert p.handler is not None and p.msg is not None and p.verdict is not None
+        assert p.handler is not None and p.mail is not None and p.verdict is not None
         token = await session.get(Token, row.token_id) if row.token_id else None
         if token is not None and token.expires_at <= now:
             token = None
@@ -154,7 +169,7 @@ async def apply_one(
             services=services,
             session=session,
             inbound=row,
-            msg=p.msg,
+            mail=p.mail,
             sender=p.sender,
             verdict=p.verdict,
             envelope=p.envelope,

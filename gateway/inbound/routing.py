@@ -17,7 +17,6 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime
-from email.message import EmailMessage
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -25,7 +24,7 @@ from gateway import tokens
 from gateway.admin import clinics
 from gateway.inbound.auth import ReceivedEnvelope
 from gateway.inbound.handling import Handler, Route, RoutingTable
-from gateway.inbound.parsing import automated_reason
+from gateway.inbound.parsing import ParsedMail, automated_reason
 from gateway.models import Notification, Staff, Thread, Token
 
 # Mail that reached an IMAP mailbox without any address of ours: stored and quarantined.
@@ -131,7 +130,7 @@ class RecipientCache:
 def choose_handler(
     routing: RoutingTable,
     route: Route | None,
-    msg: EmailMessage,
+    mail: ParsedMail,
     envelope: ReceivedEnvelope,
     source: str,
 ) -> tuple[Handler | None, str | None]:
@@ -139,7 +138,7 @@ def choose_handler(
     if route is None:
         return None, None
     if route.screen_automated:
-        reason = automated_reason(msg, envelope, source)
+        reason = automated_reason(mail, envelope, source)
         if reason is not None:
             return routing.automated, reason
     return route.handler, None

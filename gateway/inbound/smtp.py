@@ -39,6 +39,12 @@ log = logging.getLogger("carebridge.smtp")
 logging.getLogger("mail.log").setLevel(logging.CRITICAL + 1)
 
 BARE_LINE_ENDING = "554 5.6.0 Bare CR or LF in message; use CRLF line endings"
+# Refusals of the message itself at DATA, by the intake's reason code.
+REFUSALS = {
+    "header_too_large": "554 5.6.0 Message header block too large",
+    "address_header_too_large": "554 5.6.0 An address header (From, To, ...) is too long",
+    "header_value_too_large": "554 5.6.0 A header field is too long",
+}
 _BARE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 # Per-session budgets: generous for real senders, a wall for command floods.
 CALL_LIMITS = {"*": 1000, "EHLO": 10, "HELO": 10, "STARTTLS": 2, "NOOP": 50, "VRFY": 5, "HELP": 5}
@@ -111,7 +117,7 @@ class IntakeHandler:
             return SmtpReply.TEMPFAIL
         if isinstance(outcome, Refused):
             log.info("message refused at DATA: %s", outcome.reason)
-            return SmtpReply.MALFORMED
+            return REFUSALS.get(outcome.reason, SmtpReply.MALFORMED)
         return SmtpReply.OK
 
 

@@ -16,7 +16,6 @@ session id in a signed cookie and calls these functions.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
 import secrets
@@ -145,14 +144,16 @@ async def authenticate(
         usable = account is not None and (
             account.status != "disabled" if isinstance(account, Patient) else account.active
         )
-    ok = await asyncio.to_thread(verify_password, stored or _DUMMY_HASH, password)
+    ok = await services.executors.passwords.run(verify_password, stored or _DUMMY_HASH, password)
     ok = ok and bool(stored) and usable
     step = None
     if ok and totp_secret:
         step = _totp_step(totp_secret, totp_code, now, last_step)
         ok = step is not None
     rehashed = (
-        await asyncio.to_thread(hash_password, password) if ok and needs_rehash(stored) else None
+        await services.executors.passwords.run(hash_password, password)
+        if ok and needs_rehash(stored)
+        else None
     )
     async with services.transaction() as s:
         row: Patient | Staff | None = None

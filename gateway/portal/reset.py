@@ -9,7 +9,6 @@ session of the account, so a thief who had the old password is signed out.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
 from sqlalchemy import delete, select
@@ -127,10 +126,10 @@ async def complete_reset(services: Services, value: str, password: str, confirm:
         if target is None:
             raise FormProblem("token", "invalid")
         inputs = _inputs(target.account)
-    problem = await asyncio.to_thread(password_problem, password, confirm, inputs)
+    problem = await services.executors.passwords.run(password_problem, password, confirm, inputs)
     if problem is not None:
         raise problem
-    hashed = await asyncio.to_thread(hash_password, password)
+    hashed = await services.executors.passwords.run(hash_password, password)
     async with services.transaction() as s:
         target = await link_target(s, services, value)
         if target is None:

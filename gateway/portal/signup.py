@@ -12,7 +12,6 @@ address of the same invitation has its own, and consuming either spends both.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -106,14 +105,14 @@ async def complete_registration(
         inputs = _user_inputs(view.patient)
     if not agree or terms_version != terms.CURRENT:
         raise FormProblem("agree", "required")
-    problem = await asyncio.to_thread(password_problem, password, confirm, inputs)
+    problem = await services.executors.passwords.run(password_problem, password, confirm, inputs)
     if problem is not None:
         raise problem
     secret = totp_secret.strip() if totp_code.strip() else ""
     if secret and not _totp_ok(secret, totp_code, services):
         raise FormProblem("code", "totp")
     # zxcvbn and argon2 are CPU work: off the event loop and outside the write transaction.
-    hashed = await asyncio.to_thread(hash_password, password)
+    hashed = await services.executors.passwords.run(hash_password, password)
     async with services.transaction() as s:
         view = await view_link(s, services, value)
         if view is None:

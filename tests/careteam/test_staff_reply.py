@@ -3,9 +3,6 @@ DKIM-aligned, from the clinic's own domain and the staff member's own address.""
 
 from __future__ import annotations
 
-from email import message_from_bytes, policy
-from email.message import EmailMessage
-
 import pytest
 from sqlalchemy import select
 
@@ -13,7 +10,7 @@ from gateway import tokens
 from gateway.careteam import staff_replies, threads
 from gateway.inbound.auth import AuthVerdict, ReceivedEnvelope
 from gateway.inbound.handling import Context, Filed, Quarantine
-from gateway.inbound.parsing import Sender
+from gateway.inbound.parsing import ParsedMail, Sender, parse_mail
 from gateway.models import Clinic, InboundMessage, Notification, Thread, Token
 from gateway.outbound.notify import Kind
 from gateway.services import Services
@@ -23,14 +20,12 @@ from tests.support.world import FakeClock, World
 GOOD = AuthVerdict(dkim="pass", dkim_aligned=True, from_domain="north.example")
 
 
-def _mail(sender: str, text: str) -> EmailMessage:
+def _mail(sender: str, text: str) -> ParsedMail:
     raw = (
         f"From: {sender}\r\nTo: x@reply.north.example\r\nSubject: Re: notice\r\n\r\n"
         f"{text}\r\n\r\nOn Mon, someone wrote:\r\n> quoted history\r\n"
     ).encode()
-    msg = message_from_bytes(raw, policy=policy.default)
-    assert isinstance(msg, EmailMessage)
-    return msg
+    return parse_mail(raw)
 
 
 async def _setup(services: Services, world: World, *, on: bool = True) -> tuple[Clinic, str, str]:
@@ -88,7 +83,7 @@ async def _handle_token(
             services=services,
             session=s,
             inbound=InboundMessage(source="smtp", raw=b"", size=0),
-            msg=_mail(sender, text),
+            mail=_mail(sender, text),
             sender=Sender(sender, sender.split("@")[1]),
             verdict=verdict,
             envelope=ReceivedEnvelope(),

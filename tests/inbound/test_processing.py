@@ -7,7 +7,7 @@ from sqlalchemy import func, select
 
 from gateway.inbound.auth import AuthVerdict, ReceivedEnvelope
 from gateway.inbound.handling import Context, Outcome
-from gateway.inbound.parsing import parse_sync
+from gateway.inbound.parsing import parse_mail
 from gateway.inbound.processing import MAX_ATTEMPTS, Prepared, apply_one
 from gateway.inbound.routing import Target
 from gateway.models import InboundMessage, QuarantineItem, Thread
@@ -51,13 +51,13 @@ async def test_failing_handler_is_rolled_back_retried_then_quarantined(story: St
             inbound_id,
             ReceivedEnvelope(),
             handler=Exploding(story.clinic.id, story.patient.id),
-            msg=None,
+            mail=None,
             verdict=AuthVerdict(),
         )
         async with services.sessions() as s:
             row = await s.get(InboundMessage, inbound_id)
             assert row is not None
-            p.msg = parse_sync(row.raw)
+            p.mail = parse_mail(row.raw)
         async with services.transaction() as session:
             outcomes.append(await apply_one(services, ROUTING, session, p, services.clock.now()))
 
