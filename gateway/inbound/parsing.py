@@ -180,7 +180,7 @@ def parse_mail(raw: bytes, extract: Callable[[EmailMessage], object] | None = No
         in_reply_to=header_text(msg, "In-Reply-To").strip(),
         references=header_text(msg, "References").strip(),
         text=text,
-        new_text=_new_words(text),
+        new_text=new_text(text),
         extracted=extracted,
     )
 
@@ -202,13 +202,6 @@ async def parse(
         raise MalformedMessage("parse_timeout") from None
     except WorkerFailed:  # the parser raised, or its worker died (e.g. out of memory)
         raise MalformedMessage("unparsable") from None
-
-
-def _all_text(msg: EmailMessage, name: str) -> list[str]:
-    try:
-        return [str(v) for v in msg.get_all(name, []) or []]
-    except Exception:  # policy.default parses lazily; a broken header is as good as absent
-        return []
 
 
 def header_text(msg: EmailMessage, name: str) -> str:
@@ -255,7 +248,7 @@ def text_body(msg: EmailMessage) -> str:
     return content
 
 
-def _new_words(text: str) -> str:
+def new_text(text: str) -> str:
     """The reply's own words: quoted history and signature removed (mail-parser-reply)."""
     body = text.replace("\r\n", "\n")
     if not body.strip():
