@@ -443,7 +443,7 @@ async def test_a_staff_digest_names_the_pool_and_links_to_its_queue(
         )
     await deliver_all(svc)
     msg = parse(sink.messages[0][2])
-    assert msg["Subject"] == "2 new messages in Refills"
+    assert msg["Subject"] == "Urgent: 2 new messages in Refills"  # urgent work is said first
     assert f"http://127.0.0.1:8025/staff/pools/{pool.id}" in text_of(msg)
     assert "1 is marked urgent." in text_of(msg)
     assert msg["List-Unsubscribe"] is None and msg["Reply-To"] is None
