@@ -30,6 +30,9 @@ from tests.support.world import FakeClock, World
 # import them from this conftest.
 __all__ = ["CANARY_EMAIL", "CANARY_FAMILY", "CANARY_GIVEN", "CANARY_TEXT", "FakeClock", "World"]
 
+# Fixtures shared by more than one test folder (inbound and security stories).
+pytest_plugins = ("tests.support.inbound",)
+
 PG_ENV = "CAREBRIDGE_TEST_PG_URL"
 
 

@@ -28,7 +28,7 @@ from gateway.inbound.parsing import parse_mail
 from gateway.outbound.dkim import generate_key
 from gateway.passwords import hash_password, verify_password
 from gateway.services import Services
-from tests.security.test_parse_hostile import hostile_from
+from tests.support.hostile import hostile_from
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:multiprocessing")
 

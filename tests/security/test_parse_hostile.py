@@ -26,20 +26,10 @@ from gateway.models import InboundMessage, QuarantineItem
 from gateway.serve import WebPart
 from gateway.services import Services
 from handlers import ROUTING
-from tests.inbound.conftest import dns_server, inbound_services, story  # noqa: F401
 from tests.inbound.helpers import Story, compose
+from tests.support.hostile import hostile_from
 
 HEALTHZ_BOUND = 1.0  # generous: the strict 200 ms figure is bench/flood.py's
-
-
-def hostile_from(size: int, to: str) -> bytes:
-    """A From of ``""a`` repeated, folded like a mail client would (the reported input)."""
-    value = '""a' * (size // 3)
-    folded = "\r\n ".join(value[i : i + 70] for i in range(0, len(value), 70))
-    return (
-        f"From: {folded}\r\nTo: {to}\r\nSubject: hello\r\n"
-        "Message-ID: <hostile@example.org>\r\n\r\nhello\r\n"
-    ).encode()
 
 
 class HealthPoller:
@@ -87,7 +77,7 @@ def send(port: int, to: str, raw: bytes) -> tuple[int, str]:
 
 @pytest.fixture
 async def serve(
-    inbound_services: Services,  # noqa: F811
+    inbound_services: Services,
 ) -> AsyncIterator[Callable[[Services], AsyncIterator[tuple[int, int, Intake]]]]:
     """SMTP intake and the web app in this loop, as ``carebridge serve`` runs them."""
     started: list[object] = []
@@ -118,8 +108,8 @@ async def _final_state(svc: Services, timeout: float = 60) -> InboundMessage:
 
 
 async def test_folded_from_to_postmaster_is_refused_at_data_while_healthz_stays_fast(
-    inbound_services: Services,  # noqa: F811
-    story: Story,  # noqa: F811
+    inbound_services: Services,
+    story: Story,
     serve: Callable[[Services], object],
 ) -> None:
     smtp_port, web_port, _ = await serve(inbound_services)  # type: ignore[misc]
@@ -135,8 +125,8 @@ async def test_folded_from_to_postmaster_is_refused_at_data_while_healthz_stays_
 
 
 async def test_with_caps_raised_the_parse_is_killed_at_its_deadline_and_the_loop_never_waits(
-    inbound_services: Services,  # noqa: F811
-    story: Story,  # noqa: F811
+    inbound_services: Services,
+    story: Story,
     serve: Callable[[Services], object],
     with_config: Callable[..., Services],
 ) -> None:
@@ -191,8 +181,8 @@ async def test_with_caps_raised_the_parse_is_killed_at_its_deadline_and_the_loop
     ids=["reply-to", "sender", "folded-subject", "other"],
 )
 async def test_header_values_over_their_caps_are_refused_at_data_with_the_reason(
-    inbound_services: Services,  # noqa: F811
-    story: Story,  # noqa: F811
+    inbound_services: Services,
+    story: Story,
     serve: Callable[[Services], object],
     header: str,
     reply: str,

@@ -1,5 +1,7 @@
-"""Real peers for the inbound tests: a dnslib DNS server on loopback, carebridge's SMTP intake
-on a free port, DKIM keys published in that DNS, and a story-shaped helper to send mail."""
+"""Fixtures for stories of inbound mail: a dnslib DNS server on loopback, carebridge's SMTP
+intake on a free port, a patient with a thread to reply to. A pytest plug-in (registered in
+tests/conftest.py), so the inbound and the security tests share the fixtures without importing
+one another's conftest; plain helpers live in tests/inbound/helpers.py."""
 
 from __future__ import annotations
 
