@@ -13,15 +13,13 @@ import pytest
 from sqlalchemy import select
 
 from gateway.careteam import threads
-from gateway.models import AuditEvent, Notification, Pool, PoolMember, RoutingRule, Thread
+from gateway.models import AuditEvent, Notification, PoolMember, RoutingRule, Thread
 from gateway.outbound.notify import Kind
 from gateway.services import Services
 from gateway.web.app import create_app
+from tests.careteam.helpers import pool_by_slug, post, sign_in
 from tests.support.canaries import CANARY_TEXT
 from tests.support.world import FakeClock, World
-
-PASSWORD = "correct horse battery staple 42"
-CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
 @pytest.fixture
@@ -29,30 +27,6 @@ async def browser(services: Services) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=create_app(services))
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
         yield c
-
-
-async def sign_in(client: httpx.AsyncClient, email: str) -> None:
-    page = await client.get("/staff/login")
-    r = await client.post(
-        "/staff/login",
-        data={"email": email, "password": PASSWORD, "csrf_token": CSRF_RE.findall(page.text)[0]},
-    )
-    assert r.status_code == 303, r.text
-
-
-async def post(
-    client: httpx.AsyncClient, page: str, action: str, data: dict[str, str]
-) -> httpx.Response:
-    """Load the page a form lives on (for its CSRF token), then submit it."""
-    html = (await client.get(page)).text
-    return await client.post(action, data={**data, "csrf_token": CSRF_RE.findall(html)[0]})
-
-
-async def _pool(services: Services, clinic_id: str, slug: str) -> Pool:
-    async with services.sessions() as s:
-        pool = await s.scalar(select(Pool).where(Pool.clinic_id == clinic_id, Pool.slug == slug))
-        assert pool is not None
-        return pool
 
 
 async def _actions(services: Services) -> list[str]:
@@ -67,7 +41,7 @@ async def test_nurse_works_the_refills_queue(
     patient = await world.patient(clinic, given_name="Zed")
     nurse = await world.staff(clinic, email="nurse@clinic.example", name="Nurse Ann")
     colleague = await world.staff(clinic, name="Dr Bo", role="provider")
-    refills = await _pool(services, clinic.id, "refills")
+    refills = await pool_by_slug(services, clinic.id, "refills")
     async with services.transaction() as s:
         await s.merge(PoolMember(pool_id=refills.id, staff_id=nurse.id))
     made = []
@@ -220,7 +194,7 @@ async def test_other_clinics_and_anonymous_are_kept_out(
     assert anonymous.status_code == 303 and "/staff/login" in anonymous.headers["location"]
     await sign_in(browser, "nurse@clinic.example")
     assert (await browser.get(f"/staff/threads/{t.id}")).status_code == 404
-    other_pool = await _pool(services, other.id, "care-team")
+    other_pool = await pool_by_slug(services, other.id, "care-team")
     assert (await browser.get(f"/staff/pools/{other_pool.id}")).status_code == 404
     assert (await browser.get("/staff/setup")).status_code == 403
 
@@ -244,7 +218,7 @@ async def test_clinic_admin_edits_routing_in_order(
         {"action": "add-pool", "slug": "dr-x", "name": "Dr. X's team"},
     )
     assert r.status_code == 303
-    drx = await _pool(services, clinic.id, "dr-x")
+    drx = await pool_by_slug(services, clinic.id, "dr-x")
     # Requests may only be routed to a pool someone watches.
     r = await post(
         browser,
